@@ -1,0 +1,300 @@
+//! The requests a front sends to a storage node, and their replies.
+//!
+//! Everything travels inside one remotable actor message, [`NodeMessage::Call`], as bytes
+//! encoded by [`crate::codec`]: a `NodeRequest` in, a `Result<NodeReply, ApiError>` out. One
+//! envelope keeps the `ractor_cluster` surface to a single derive and lets every request share
+//! the codec's version marker. Add variants at the end, never rename or reorder them.
+
+use ractor::RpcReplyPort;
+use ractor_cluster::RactorClusterMessage;
+use serde::{Deserialize, Serialize};
+
+use crate::views::*;
+use crate::{NodeId, RepoId, RepoName, RepoRecord, SessionId};
+
+/// The message a node router actor receives, locally or from another process.
+#[derive(RactorClusterMessage)]
+pub enum NodeMessage {
+    /// An encoded [`NodeRequest`]; the reply is an encoded `Result<NodeReply, ApiError>`.
+    /// Sent by a front (or another node); answered by the node's router actor.
+    #[rpc]
+    Call(Vec<u8>, RpcReplyPort<Vec<u8>>),
+}
+
+/// The name of the process group in which node `id` registers its router actor.
+pub fn node_group(id: NodeId) -> String {
+    format!("wharf.node.{id}")
+}
+
+/// A request to a storage node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeRequest {
+    /// Create a repository owned by the receiving node: record it in the metadata store,
+    /// then initialise it on disk. Replies [`NodeReply::Created`].
+    CreateRepo {
+        /// The new repository's name.
+        name: RepoName,
+    },
+    /// Remove a repository from the metadata store and from disk. Replies [`NodeReply::Done`].
+    DeleteRepo {
+        /// Its id.
+        id: RepoId,
+        /// Its name.
+        name: RepoName,
+    },
+    /// A request for one repository's actor.
+    Repo {
+        /// The repository's id.
+        id: RepoId,
+        /// Its name (for errors and logs).
+        name: RepoName,
+        /// What to do.
+        request: RepoRequest,
+    },
+    /// Feed bytes to a git session's standard input. Replies [`NodeReply::Done`] once the
+    /// session has taken them: the caller sends the next chunk only then (backpressure).
+    SessionWrite {
+        /// The session.
+        session: SessionId,
+        /// At most [`crate::MAX_CHUNK_BYTES`].
+        data: Vec<u8>,
+    },
+    /// Close a session's standard input: the request body is complete. Replies
+    /// [`NodeReply::Done`].
+    SessionFinishInput {
+        /// The session.
+        session: SessionId,
+    },
+    /// Take the next chunk of a session's output. Replies [`NodeReply::Chunk`]; the last one has
+    /// `eof` set and the session is gone after it.
+    SessionRead {
+        /// The session.
+        session: SessionId,
+    },
+    /// Kill a session (the client went away). Nothing it was writing takes effect. Replies
+    /// [`NodeReply::Done`].
+    SessionAbort {
+        /// The session.
+        session: SessionId,
+    },
+}
+
+/// A request for one repository, handled by its actor on the owning node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RepoRequest {
+    /// Replies [`NodeReply::Summary`].
+    Summary,
+    /// Replies [`NodeReply::Branches`].
+    ListBranches,
+    /// Replies [`NodeReply::Tags`].
+    ListTags,
+    /// Create a branch at `from` (a branch, tag or commit; default: the default branch).
+    /// Replies [`NodeReply::Branch`].
+    CreateBranch {
+        /// Short branch name.
+        name: String,
+        /// Where it starts.
+        from: Option<String>,
+    },
+    /// Delete a branch. Replies [`NodeReply::Done`].
+    DeleteBranch {
+        /// Short branch name.
+        name: String,
+    },
+    /// List a directory. Replies [`NodeReply::Tree`].
+    Tree {
+        /// Branch, tag or commit; default: the default branch.
+        rev: Option<String>,
+        /// Directory path; empty for the root.
+        path: String,
+        /// Entries to skip.
+        offset: u64,
+        /// Entries to return at most.
+        limit: u64,
+    },
+    /// Read a file. Replies [`NodeReply::Blob`].
+    Blob {
+        /// Branch, tag or commit; default: the default branch.
+        rev: Option<String>,
+        /// File path.
+        path: String,
+    },
+    /// History, newest first. Replies [`NodeReply::Log`].
+    Log {
+        /// Branch, tag or commit to start from; default: the default branch.
+        rev: Option<String>,
+        /// Only commits that change this path.
+        path: Option<String>,
+        /// Commits per page.
+        limit: u64,
+        /// The `next_cursor` of the previous page.
+        cursor: Option<String>,
+    },
+    /// One commit with its diff stats. Replies [`NodeReply::Commit`].
+    Commit {
+        /// Commit id or ref.
+        rev: String,
+    },
+    /// Compare two refs. Replies [`NodeReply::Compare`].
+    Compare {
+        /// The base.
+        base: String,
+        /// The head.
+        head: String,
+    },
+    /// Create one commit from file actions. Replies [`NodeReply::Commit`].
+    CommitFiles(CommitFilesRequest),
+    /// Merge one ref into a branch. Replies [`NodeReply::Merged`].
+    Merge(MergeRequest),
+    /// Start a git protocol session. Replies [`NodeReply::Session`]; the caller then writes
+    /// its request body and reads the output with the `Session*` requests.
+    OpenSession(OpenSession),
+}
+
+/// Which git service a session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GitService {
+    /// `git-upload-pack`: clone and fetch.
+    UploadPack,
+    /// `git-receive-pack`: push.
+    ReceivePack,
+}
+
+impl GitService {
+    /// The service name as git's HTTP protocol spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GitService::UploadPack => "git-upload-pack",
+            GitService::ReceivePack => "git-receive-pack",
+        }
+    }
+}
+
+/// How to start a git protocol session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenSession {
+    /// The service.
+    pub service: GitService,
+    /// `true` for the ref advertisement (`GET info/refs`), `false` for the RPC (`POST`).
+    pub advertise_refs: bool,
+    /// The client's `Git-Protocol` header (`version=2`), passed on as `GIT_PROTOCOL`.
+    pub git_protocol: Option<String>,
+    /// The authenticated user, recorded in push events.
+    pub user: String,
+}
+
+/// One piece of a session's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionChunk {
+    /// At most [`crate::MAX_CHUNK_BYTES`].
+    pub data: Vec<u8>,
+    /// The output is complete; the session is gone.
+    pub eof: bool,
+}
+
+/// What to do to one file in a [`CommitFilesRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileActionKind {
+    /// Add a file that must not exist.
+    Create,
+    /// Change a file that must exist.
+    Update,
+    /// Remove a file that must exist.
+    Delete,
+}
+
+/// One file change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileAction {
+    /// What to do.
+    pub action: FileActionKind,
+    /// The path from the repository root.
+    pub path: String,
+    /// The new content, for create and update.
+    pub content: Vec<u8>,
+    /// Whether the file is executable.
+    pub executable: bool,
+}
+
+/// Create one commit on a branch from several file changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitFilesRequest {
+    /// The branch to commit to.
+    pub branch: String,
+    /// Where to start the branch if it does not exist (default: the default branch, or a
+    /// root commit in an empty repository).
+    pub start_branch: Option<String>,
+    /// The tip the client last saw; if the branch is elsewhere the commit is refused (409).
+    pub expected_parent: Option<String>,
+    /// The commit message.
+    pub message: String,
+    /// Author name.
+    pub author_name: String,
+    /// Author email.
+    pub author_email: String,
+    /// The changes.
+    pub actions: Vec<FileAction>,
+}
+
+/// How to merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MergeStrategy {
+    /// Move base to head; refused unless base is an ancestor of head.
+    FastForward,
+    /// A merge commit with both parents.
+    Merge,
+    /// One commit on base with head's changes, and base as its only parent.
+    Squash,
+}
+
+/// Merge `head` into the branch `base`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeRequest {
+    /// The branch that moves.
+    pub base: String,
+    /// The branch, tag or commit merged into it.
+    pub head: String,
+    /// How.
+    pub strategy: MergeStrategy,
+    /// The commit message (a default names both refs).
+    pub message: Option<String>,
+    /// Who merges.
+    pub author_name: String,
+    /// Their email.
+    pub author_email: String,
+}
+
+/// A node's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeReply {
+    /// The request was carried out; nothing to return.
+    Done,
+    /// A repository was created.
+    Created(RepoRecord),
+    /// See [`RepoRequest::Summary`].
+    Summary(RepoSummary),
+    /// See [`RepoRequest::ListBranches`].
+    Branches(Vec<BranchView>),
+    /// See [`RepoRequest::ListTags`].
+    Tags(Vec<TagView>),
+    /// See [`RepoRequest::CreateBranch`].
+    Branch(BranchView),
+    /// See [`RepoRequest::Tree`].
+    Tree(TreePage),
+    /// See [`RepoRequest::Blob`].
+    Blob(BlobView),
+    /// See [`RepoRequest::Log`].
+    Log(LogPage),
+    /// See [`RepoRequest::Commit`] and [`RepoRequest::CommitFiles`].
+    Commit(CommitDetail),
+    /// See [`RepoRequest::Compare`].
+    Compare(CompareView),
+    /// See [`RepoRequest::Merge`].
+    Merged(MergeOutcome),
+    /// See [`RepoRequest::OpenSession`].
+    Session(SessionId),
+    /// See [`NodeRequest::SessionRead`].
+    Chunk(SessionChunk),
+}
