@@ -1,0 +1,51 @@
+//! The server side of git's pack protocol, which gix does not have: run the `git` binary's
+//! `upload-pack` / `receive-pack` in stateless-RPC mode, as Gitaly does.
+//!
+//! The caller owns the child process: it feeds the request body to stdin, reads the response
+//! from stdout, and kills the process if the client goes away. `receive-pack` keeps the pushed
+//! objects in a quarantine directory until every ref update is accepted, so a killed or
+//! refused push leaves the repository as it was.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use tokio::process::{Child, Command};
+use wharf_proto::GitService;
+
+/// Starts `git upload-pack` or `git receive-pack` for the bare repository at `path`.
+///
+/// `advertise_refs` selects the ref advertisement (`GET info/refs`) instead of the RPC.
+/// `git_protocol` is the client's `Git-Protocol` header, which selects protocol v2.
+pub fn spawn_service(
+    path: &Path,
+    service: GitService,
+    advertise_refs: bool,
+    git_protocol: Option<&str>,
+) -> std::io::Result<Child> {
+    let mut command = Command::new("git");
+    command
+        // Durability: a push is acknowledged only once objects and refs are on disk.
+        .args(["-c", "core.fsync=objects,reference", "-c", "core.fsyncMethod=fsync"])
+        .arg(match service {
+            GitService::UploadPack => "upload-pack",
+            GitService::ReceivePack => "receive-pack",
+        })
+        .arg("--stateless-rpc");
+    if advertise_refs {
+        command.arg("--http-backend-info-refs");
+    }
+    command
+        .arg(path)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(protocol) = git_protocol {
+        command.env("GIT_PROTOCOL", protocol);
+    }
+    command.spawn()
+}
