@@ -1,0 +1,617 @@
+//! The REST API: repositories, the browsing API a web UI needs, and the seed API.
+//!
+//! Each handler authenticates, parses its arguments, and makes one call to the node that owns
+//! the repository; the reply is turned into JSON as it is. Defaults and limits of paging live
+//! here, so every node applies the same ones.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use wharf_placement::Member;
+use wharf_proto::{
+    ApiError, BlobView, CommitFilesRequest, FileAction, FileActionKind, MergeRequest, MergeStrategy, NodeReply,
+    NodeRequest, NodeState, Principal, RepoName, RepoRecord, RepoRequest,
+};
+
+use crate::error::HttpError;
+use crate::extract::{BodyOrQuery, JsonBody};
+use crate::{auth, FrontState};
+
+type Shared = Arc<FrontState>;
+type ApiResult = Result<Response, HttpError>;
+
+/// Directory entries per page unless the client asks otherwise, and at most.
+const TREE_PAGE: (u64, u64) = (100, 1000);
+/// Commits per page unless the client asks otherwise, and at most.
+const LOG_PAGE: (u64, u64) = (30, 100);
+/// Push events per page unless the client asks otherwise, and at most.
+const EVENT_PAGE: (usize, usize) = (100, 1000);
+
+/// The API's routes.
+pub(crate) fn routes(state: Shared) -> Router<Shared> {
+    let repo = "/api/v1/repos/{owner}/{name}";
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/repos", get(list_repos).post(create_repo))
+        .route(repo, get(show_repo).delete(delete_repo))
+        .route(&format!("{repo}/branches"), get(list_branches).post(create_branch))
+        .route(&format!("{repo}/branches/{{*branch}}"), delete(delete_branch))
+        .route(&format!("{repo}/tags"), get(list_tags))
+        .route(&format!("{repo}/tree"), get(tree))
+        .route(&format!("{repo}/blob"), get(blob))
+        .route(&format!("{repo}/raw"), get(raw))
+        .route(&format!("{repo}/commits"), get(log).post(commit_files))
+        .route(&format!("{repo}/commits/{{sha}}"), get(show_commit))
+        .route(&format!("{repo}/compare"), get(compare))
+        .route(&format!("{repo}/merges"), post(merge))
+        .route(&format!("{repo}/events"), get(events))
+        .route("/api/v1/repo/details", get(seed_details))
+        .route("/api/v1/repo/branch", post(seed_create_branch))
+        .layer(DefaultBodyLimit::max(state.config.max_api_body_bytes))
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn metrics(State(state): State<Shared>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+// ---- helpers ----
+
+/// Checks that the caller may read: anyone when reads are public, else a token holder.
+fn reader(state: &FrontState, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
+    if state.config.public_reads {
+        auth::optional(state.directory.as_ref(), headers)
+    } else {
+        auth::require(state.directory.as_ref(), headers).map(Some)
+    }
+}
+
+fn writer(state: &FrontState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    auth::require(state.directory.as_ref(), headers)
+}
+
+fn record_of(state: &FrontState, name: &RepoName) -> Result<RepoRecord, ApiError> {
+    state.directory.repo(name).ok_or_else(|| ApiError::RepoNotFound {
+        repo: name.to_string(),
+    })
+}
+
+fn repo_name(owner: &str, name: &str) -> Result<RepoName, ApiError> {
+    RepoName::parse(&format!("{owner}/{name}"))
+}
+
+/// Sends `request` to the actor of repository `name` on its owner.
+pub(crate) async fn repo_call(state: &FrontState, name: &RepoName, request: RepoRequest) -> Result<NodeReply, ApiError> {
+    let record = record_of(state, name)?;
+    state
+        .nodes
+        .call(
+            record.node,
+            &NodeRequest::Repo {
+                id: record.id,
+                name: name.clone(),
+                request,
+            },
+        )
+        .await
+}
+
+fn unexpected(reply: NodeReply) -> ApiError {
+    ApiError::internal("node reply", format!("unexpected reply {reply:?}"))
+}
+
+fn json_ok(value: impl serde::Serialize) -> ApiResult {
+    Ok(Json(value).into_response())
+}
+
+fn created(value: impl serde::Serialize) -> ApiResult {
+    Ok((StatusCode::CREATED, Json(value)).into_response())
+}
+
+fn record_json(state: &FrontState, record: &RepoRecord) -> Value {
+    json!({
+        "id": record.id.0,
+        "name": record.name.to_string(),
+        "owner": record.name.owner(),
+        "repo": record.name.name(),
+        "node": record.node.0,
+        "created_ms": record.created_ms,
+        "clone_url": format!("{}/{}.git", state.config.public_url.trim_end_matches('/'), record.name),
+    })
+}
+
+/// The node a new repository goes to: the owner among active members by weighted rendezvous.
+fn placement_owner(state: &FrontState, name: &RepoName) -> Result<wharf_proto::NodeId, ApiError> {
+    let members: Vec<Member> = state
+        .directory
+        .nodes()
+        .into_iter()
+        .filter(|node| node.state == NodeState::Active)
+        .map(|node| Member {
+            id: node.id.0,
+            weight: node.weight,
+        })
+        .collect();
+    wharf_placement::owner(&members, wharf_placement::key_of(&name.to_string()))
+        .map(wharf_proto::NodeId)
+        .ok_or_else(|| ApiError::Unavailable {
+            what: "placement".into(),
+            reason: "no active storage node".into(),
+            retry_after_secs: 5,
+        })
+}
+
+// ---- repositories ----
+
+async fn list_repos(State(state): State<Shared>, headers: HeaderMap) -> ApiResult {
+    reader(&state, &headers)?;
+    let repos: Vec<Value> = state.directory.repos().iter().map(|r| record_json(&state, r)).collect();
+    json_ok(json!({ "repos": repos }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRepoBody {
+    name: String,
+}
+
+async fn create_repo(State(state): State<Shared>, headers: HeaderMap, JsonBody(body): JsonBody<CreateRepoBody>) -> ApiResult {
+    writer(&state, &headers)?;
+    let name = RepoName::parse(&body.name)?;
+    if state.directory.repo(&name).is_some() {
+        return Err(ApiError::RepoExists { repo: name.to_string() }.into());
+    }
+    let node = placement_owner(&state, &name)?;
+    match state.nodes.call(node, &NodeRequest::CreateRepo { name }).await? {
+        NodeReply::Created(record) => created(record_json(&state, &record)),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+async fn show_repo(State(state): State<Shared>, headers: HeaderMap, Path((owner, name)): Path<(String, String)>) -> ApiResult {
+    reader(&state, &headers)?;
+    let name = repo_name(&owner, &name)?;
+    let record = record_of(&state, &name)?;
+    let summary = match repo_call(&state, &name, RepoRequest::Summary).await? {
+        NodeReply::Summary(summary) => summary,
+        other => return Err(unexpected(other).into()),
+    };
+    let mut body = record_json(&state, &record);
+    body["default_branch"] = json!(summary.default_branch);
+    body["size_bytes"] = json!(summary.size_bytes);
+    body["branch_count"] = json!(summary.branch_count);
+    body["empty"] = json!(summary.empty);
+    json_ok(body)
+}
+
+async fn delete_repo(State(state): State<Shared>, headers: HeaderMap, Path((owner, name)): Path<(String, String)>) -> ApiResult {
+    writer(&state, &headers)?;
+    let name = repo_name(&owner, &name)?;
+    let record = record_of(&state, &name)?;
+    state
+        .nodes
+        .call(record.node, &NodeRequest::DeleteRepo { id: record.id, name })
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---- refs ----
+
+async fn list_branches(State(state): State<Shared>, headers: HeaderMap, Path((owner, name)): Path<(String, String)>) -> ApiResult {
+    reader(&state, &headers)?;
+    let name = repo_name(&owner, &name)?;
+    match repo_call(&state, &name, RepoRequest::ListBranches).await? {
+        NodeReply::Branches(branches) => json_ok(json!({ "branches": branches })),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBranchBody {
+    name: String,
+    from: Option<String>,
+}
+
+async fn create_branch(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((owner, name)): Path<(String, String)>,
+    JsonBody(body): JsonBody<CreateBranchBody>,
+) -> ApiResult {
+    writer(&state, &headers)?;
+    let name = repo_name(&owner, &name)?;
+    let request = RepoRequest::CreateBranch {
+        name: body.name,
+        from: body.from,
+    };
+    match repo_call(&state, &name, request).await? {
+        NodeReply::Branch(branch) => created(branch),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+async fn delete_branch(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((owner, name, branch)): Path<(String, String, String)>,
+) -> ApiResult {
+    writer(&state, &headers)?;
+    let name = repo_name(&owner, &name)?;
+    repo_call(&state, &name, RepoRequest::DeleteBranch { name: branch }).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_tags(State(state): State<Shared>, headers: HeaderMap, Path((owner, name)): Path<(String, String)>) -> ApiResult {
+    reader(&state, &headers)?;
+    let name = repo_name(&owner, &name)?;
+    match repo_call(&state, &name, RepoRequest::ListTags).await? {
+        NodeReply::Tags(tags) => json_ok(json!({ "tags": tags })),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+// ---- browsing ----
+
+#[derive(Deserialize)]
+struct TreeQuery {
+    #[serde(rename = "ref")]
+    rev: Option<String>,
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    offset: u64,
+    limit: Option<u64>,
+}
+
+async fn tree(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((owner, name)): Path<(String, String)>,
+    query: Result<Query<TreeQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    reader(&state, &headers)?;
+    let name = repo_name(&owner, &name)?;
+    let Query(query) = query.map_err(bad_query)?;
+    let request = RepoRequest::Tree {
+        rev: query.rev,
+        path: query.path,
+        offset: query.offset,
+        limit: page_limit(query.limit, TREE_PAGE)?,
+    };
+    match repo_call(&state, &name, request).await? {
+        NodeReply::Tree(page) => json_ok(page),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct BlobQuery {
+    #[serde(rename = "ref")]
+    rev: Option<String>,
+    path: Option<String>,
+}
+
+async fn read_blob(state: &FrontState, headers: &HeaderMap, owner: &str, name: &str, query: BlobQuery) -> Result<BlobView, ApiError> {
+    reader(state, headers)?;
+    let name = repo_name(owner, name)?;
+    let path = query.path.ok_or_else(|| ApiError::invalid("the 'path' query parameter is required"))?;
+    match repo_call(state, &name, RepoRequest::Blob { rev: query.rev, path }).await? {
+        NodeReply::Blob(blob) => Ok(blob),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn blob(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((owner, name)): Path<(String, String)>,
+    query: Result<Query<BlobQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query.map_err(bad_query)?;
+    let blob = read_blob(&state, &headers, &owner, &name, query).await?;
+    let (encoding, content) = if blob.binary {
+        ("base64", base64::engine::general_purpose::STANDARD.encode(&blob.content))
+    } else {
+        ("utf-8", String::from_utf8_lossy(&blob.content).into_owned())
+    };
+    json_ok(json!({
+        "commit": blob.commit,
+        "path": blob.path,
+        "id": blob.id,
+        "size": blob.size,
+        "binary": blob.binary,
+        "encoding": encoding,
+        "content": content,
+    }))
+}
+
+async fn raw(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((owner, name)): Path<(String, String)>,
+    query: Result<Query<BlobQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query.map_err(bad_query)?;
+    let blob = read_blob(&state, &headers, &owner, &name, query).await?;
+    let content_type = if blob.binary { "application/octet-stream" } else { "text/plain; charset=utf-8" };
+    Ok(([(header::CONTENT_TYPE, content_type)], blob.content).into_response())
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(rename = "ref")]
+    rev: Option<String>,
+    path: Option<String>,
+    limit: Option<u64>,
+    cursor: Option<String>,
+}
+
+async fn log(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((owner, name)): Path<(String, String)>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    reader(&state, &headers)?;
+    let name = repo_name(&owner, &name)?;
+    let Query(query) = query.map_err(bad_query)?;
+    let request = RepoRequest::Log {
+        rev: query.rev,
+        path: query.path,
+        limit: page_limit(query.limit, LOG_PAGE)?,
+        cursor: query.cursor,
+    };
+    match repo_call(&state, &name, request).await? {
+        NodeReply::Log(page) => json_ok(page),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+async fn show_commit(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((owner, name, sha)): Path<(String, String, String)>,
+) -> ApiResult {
+    reader(&state, &headers)?;
+    let name = repo_name(&owner, &name)?;
+    match repo_call(&state, &name, RepoRequest::Commit { rev: sha }).await? {
+        NodeReply::Commit(detail) => json_ok(detail),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct CompareQuery {
+    base: Option<String>,
+    head: Option<String>,
+}
+
+async fn compare(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((owner, name)): Path<(String, String)>,
+    query: Result<Query<CompareQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    reader(&state, &headers)?;
+    let name = repo_name(&owner, &name)?;
+    let Query(query) = query.map_err(bad_query)?;
+    let (Some(base), Some(head)) = (query.base, query.head) else {
+        return Err(ApiError::invalid("both 'base' and 'head' query parameters are required").into());
+    };
+    match repo_call(&state, &name, RepoRequest::Compare { base, head }).await? {
+        NodeReply::Compare(view) => json_ok(view),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+// ---- writes ----
+
+/// One file change as the API takes it: content as text, or base64 with `"encoding":"base64"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileActionBody {
+    action: FileActionKind,
+    path: String,
+    content: Option<String>,
+    #[serde(default)]
+    encoding: Option<String>,
+    #[serde(default)]
+    executable: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommitBody {
+    branch: String,
+    start_branch: Option<String>,
+    expected_parent: Option<String>,
+    message: String,
+    author_name: Option<String>,
+    author_email: Option<String>,
+    actions: Vec<FileActionBody>,
+}
+
+fn file_action(body: FileActionBody) -> Result<FileAction, ApiError> {
+    let content = match (body.action, body.content) {
+        (FileActionKind::Delete, _) => Vec::new(),
+        (_, None) => {
+            return Err(ApiError::invalid(format!("the {:?} action on {:?} needs 'content'", body.action, body.path)))
+        }
+        (_, Some(text)) => match body.encoding.as_deref() {
+            None | Some("text") | Some("utf-8") => text.into_bytes(),
+            Some("base64") => base64::engine::general_purpose::STANDARD
+                .decode(text.as_bytes())
+                .map_err(|e| ApiError::invalid(format!("content of {:?} is not valid base64: {e}", body.path)))?,
+            Some(other) => return Err(ApiError::invalid(format!("unknown encoding {other:?}: use text or base64"))),
+        },
+    };
+    Ok(FileAction {
+        action: body.action,
+        path: body.path,
+        content,
+        executable: body.executable,
+    })
+}
+
+/// Author defaults: the caller's user name, at a placeholder address.
+fn author(principal: &Principal, name: Option<String>, email: Option<String>) -> (String, String) {
+    (
+        name.unwrap_or_else(|| principal.user.clone()),
+        email.unwrap_or_else(|| format!("{}@wharf.invalid", principal.user)),
+    )
+}
+
+async fn commit_files(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((owner, name)): Path<(String, String)>,
+    JsonBody(body): JsonBody<CommitBody>,
+) -> ApiResult {
+    let principal = writer(&state, &headers)?;
+    let name = repo_name(&owner, &name)?;
+    let actions = body.actions.into_iter().map(file_action).collect::<Result<Vec<_>, _>>()?;
+    let (author_name, author_email) = author(&principal, body.author_name, body.author_email);
+    let request = RepoRequest::CommitFiles(CommitFilesRequest {
+        branch: body.branch,
+        start_branch: body.start_branch,
+        expected_parent: body.expected_parent,
+        message: body.message,
+        author_name,
+        author_email,
+        actions,
+    });
+    match repo_call(&state, &name, request).await? {
+        NodeReply::Commit(detail) => created(detail),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MergeBody {
+    base: String,
+    head: String,
+    strategy: MergeStrategy,
+    message: Option<String>,
+    author_name: Option<String>,
+    author_email: Option<String>,
+}
+
+async fn merge(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((owner, name)): Path<(String, String)>,
+    JsonBody(body): JsonBody<MergeBody>,
+) -> ApiResult {
+    let principal = writer(&state, &headers)?;
+    let name = repo_name(&owner, &name)?;
+    let (author_name, author_email) = author(&principal, body.author_name, body.author_email);
+    let request = RepoRequest::Merge(MergeRequest {
+        base: body.base,
+        head: body.head,
+        strategy: body.strategy,
+        message: body.message,
+        author_name,
+        author_email,
+    });
+    match repo_call(&state, &name, request).await? {
+        NodeReply::Merged(outcome) => json_ok(outcome),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+// ---- push events ----
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+async fn events(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((owner, name)): Path<(String, String)>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    reader(&state, &headers)?;
+    let name = repo_name(&owner, &name)?;
+    let Query(query) = query.map_err(bad_query)?;
+    let record = record_of(&state, &name)?;
+    let limit = query.limit.unwrap_or(EVENT_PAGE.0).clamp(1, EVENT_PAGE.1);
+    let events = state.directory.push_events(record.id, query.after, limit);
+    json_ok(json!({ "events": events }))
+}
+
+// ---- the seed API ----
+
+#[derive(Deserialize)]
+struct SeedDetails {
+    repo_url: String,
+}
+
+async fn seed_details(State(state): State<Shared>, headers: HeaderMap, BodyOrQuery(body): BodyOrQuery<SeedDetails>) -> ApiResult {
+    reader(&state, &headers)?;
+    let name = RepoName::parse(&body.repo_url)?;
+    match repo_call(&state, &name, RepoRequest::ListBranches).await? {
+        NodeReply::Branches(branches) => json_ok(json!({
+            "repo_name": name.name(),
+            "owner": name.owner(),
+            "branches": branches.into_iter().map(|b| b.name).collect::<Vec<_>>(),
+        })),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct SeedBranch {
+    repo_url: String,
+    branch_name: String,
+    from: Option<String>,
+}
+
+async fn seed_create_branch(State(state): State<Shared>, headers: HeaderMap, JsonBody(body): JsonBody<SeedBranch>) -> ApiResult {
+    writer(&state, &headers)?;
+    let name = RepoName::parse(&body.repo_url)?;
+    let request = RepoRequest::CreateBranch {
+        name: body.branch_name,
+        from: body.from,
+    };
+    match repo_call(&state, &name, request).await? {
+        NodeReply::Branch(branch) => created(json!({
+            "message": "Branch created successfully",
+            "branch_name": branch.name,
+            "commit": branch.commit,
+        })),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+fn bad_query(rejection: axum::extract::rejection::QueryRejection) -> HttpError {
+    HttpError(ApiError::invalid(format!("malformed query: {}", rejection.body_text())))
+}
+
+fn page_limit(asked: Option<u64>, (default, max): (u64, u64)) -> Result<u64, ApiError> {
+    match asked {
+        None => Ok(default),
+        Some(0) => Err(ApiError::invalid("limit must be at least 1")),
+        Some(n) => Ok(n.min(max)),
+    }
+}

@@ -1,0 +1,74 @@
+//! Request extractors whose failures are JSON errors like every other error: a malformed body
+//! is a 400 with `invalid_request`, an oversized one a 413, never axum's plain-text rejection.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use wharf_proto::ApiError;
+
+use crate::error::HttpError;
+use crate::FrontState;
+
+type Shared = std::sync::Arc<FrontState>;
+
+/// A JSON body.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Shared> for JsonBody<T> {
+    type Rejection = HttpError;
+
+    async fn from_request(request: Request, state: &Shared) -> Result<Self, Self::Rejection> {
+        let bytes = read_body(request, state).await?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// The seed API's arguments: a JSON body, or for a GET without a body, the same fields as
+/// query parameters.
+pub struct BodyOrQuery<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Shared> for BodyOrQuery<T> {
+    type Rejection = HttpError;
+
+    async fn from_request(request: Request, state: &Shared) -> Result<Self, Self::Rejection> {
+        let is_get = request.method() == Method::GET;
+        let query = request.uri().query().unwrap_or("").to_owned();
+        let bytes = read_body(request, state).await?;
+        if is_get && bytes.iter().all(u8::is_ascii_whitespace) {
+            return serde_urlencoded_from_query(&query).map(BodyOrQuery);
+        }
+        parse_json(&bytes).map(BodyOrQuery)
+    }
+}
+
+fn serde_urlencoded_from_query<T: DeserializeOwned>(query: &str) -> Result<T, HttpError> {
+    let uri: axum::http::Uri = format!("/?{query}")
+        .parse()
+        .map_err(|_| ApiError::invalid("malformed query string"))?;
+    axum::extract::Query::<T>::try_from_uri(&uri)
+        .map(|axum::extract::Query(value)| value)
+        .map_err(|rejection| HttpError(ApiError::invalid(rejection.body_text())))
+}
+
+async fn read_body(request: Request, state: &Shared) -> Result<Bytes, HttpError> {
+    let limit = state.config.max_api_body_bytes;
+    Bytes::from_request(request, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError(ApiError::TooLarge {
+                what: "the request body".into(),
+                limit: limit as u64,
+            })
+        } else {
+            HttpError(ApiError::invalid(format!(
+                "could not read the request body: {}",
+                rejection.body_text()
+            )))
+        }
+    })
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HttpError> {
+    serde_json::from_slice(bytes)
+        .map_err(|error| HttpError(ApiError::invalid(format!("malformed JSON body: {error}"))))
+}

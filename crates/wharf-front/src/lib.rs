@@ -1,0 +1,91 @@
+//! Wharf's HTTP front: the REST API, Git smart HTTP and metrics, served with axum.
+//!
+//! The front is stateless and thin. For each request it authenticates the caller and resolves
+//! the repository's owner through a [`wharf_proto::Directory`] (a local copy of the applied
+//! metadata, so routing never waits on Raft), then sends a [`wharf_proto::NodeRequest`] to that
+//! node with its [`NodeClient`] and turns the reply into JSON, or a stream of pack data. Errors
+//! become HTTP responses in one place, [`error::status_of`].
+//!
+//! The front never opens a repository and never writes metadata itself: it sees only
+//! `wharf-proto` and `wharf-placement`.
+
+#![warn(missing_docs)]
+
+mod api;
+mod auth;
+pub mod error;
+mod extract;
+mod metrics;
+pub mod node_client;
+mod smart_http;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use wharf_proto::Directory;
+
+pub use node_client::NodeClient;
+
+/// Settings of a front.
+#[derive(Debug, Clone)]
+pub struct FrontConfig {
+    /// Whether reads (API GETs, clone and fetch) work without a token. Default `true`, as in
+    /// `wharf dev`; a shared deployment sets `false`.
+    pub public_reads: bool,
+    /// Largest JSON body accepted by the API, in bytes. Default 32 MiB: a commit through the
+    /// API carries file contents.
+    pub max_api_body_bytes: usize,
+    /// Largest push accepted, in bytes after decompression. Default 2 GiB.
+    pub max_push_bytes: u64,
+    /// Largest fetch negotiation body, in bytes after decompression. Default 64 MiB.
+    pub max_fetch_request_bytes: u64,
+    /// Deadline of an ordinary request to a node. Default 30 s.
+    pub node_timeout: Duration,
+    /// Deadline of one step of a git session (opening a push waits for its write turn; the
+    /// first read of a clone waits for git to count objects). Default 300 s.
+    pub git_step_timeout: Duration,
+    /// The URL clients use to reach this front, for clone URLs (`http://127.0.0.1:8080`).
+    pub public_url: String,
+}
+
+impl Default for FrontConfig {
+    fn default() -> Self {
+        FrontConfig {
+            public_reads: true,
+            max_api_body_bytes: 32 << 20,
+            max_push_bytes: 2 << 30,
+            max_fetch_request_bytes: 64 << 20,
+            node_timeout: Duration::from_secs(30),
+            git_step_timeout: Duration::from_secs(300),
+            public_url: "http://127.0.0.1:8080".into(),
+        }
+    }
+}
+
+/// What every handler shares.
+pub(crate) struct FrontState {
+    pub config: FrontConfig,
+    pub directory: Arc<dyn Directory>,
+    pub nodes: NodeClient,
+    pub metrics: metrics::Metrics,
+}
+
+/// The front's HTTP application: API, smart HTTP, health and metrics.
+pub fn app(config: FrontConfig, directory: Arc<dyn Directory>) -> Router {
+    let state = Arc::new(FrontState {
+        nodes: NodeClient {
+            timeout: config.node_timeout,
+        },
+        config,
+        directory,
+        metrics: metrics::Metrics::default(),
+    });
+    api::routes(state.clone())
+        .fallback(smart_http::handle)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::record,
+        ))
+        .with_state(state)
+}

@@ -1,0 +1,344 @@
+//! Git's smart HTTP protocol: `GET info/refs?service=…`, `POST git-upload-pack` and
+//! `POST git-receive-pack` under `/{owner}/{name}.git/`.
+//!
+//! The front runs no git. It opens a session on the node that owns the repository, streams the
+//! request body to it in chunks of at most [`MAX_CHUNK_BYTES`] (each acknowledged before the
+//! next, so a large push is never held whole in memory), then streams git's output back. The
+//! first output chunk is read before the response starts, so a failure to start becomes an
+//! HTTP status rather than a broken stream. If the client goes away, a guard aborts the
+//! session, and git's quarantine makes sure an unfinished push leaves nothing.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use wharf_proto::{
+    ApiError, GitService, NodeId, NodeReply, NodeRequest, OpenSession, RepoName, RepoRequest, SessionChunk, SessionId,
+    MAX_CHUNK_BYTES,
+};
+
+use crate::error::HttpError;
+use crate::{auth, FrontState};
+
+type Shared = Arc<FrontState>;
+
+/// What a smart HTTP URL asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum GitRoute {
+    /// `GET info/refs?service=…`
+    Advertise(GitService),
+    /// `POST git-upload-pack` or `POST git-receive-pack`
+    Rpc(GitService),
+}
+
+/// Every request no API route matched: smart HTTP, or a JSON 404.
+pub(crate) async fn handle(State(state): State<Shared>, request: Request) -> Response {
+    let Some((name, route)) = parse_route(request.method(), request.uri().path(), request.uri().query()) else {
+        return HttpError(ApiError::invalid(format!(
+            "no route for {} {}",
+            request.method(),
+            request.uri().path()
+        )))
+        .into_not_found();
+    };
+    let result = match route {
+        Ok(route) => serve(&state, name, route, request).await,
+        Err(error) => Err(error),
+    };
+    result.unwrap_or_else(|error| HttpError(error).into_response())
+}
+
+impl HttpError {
+    fn into_not_found(self) -> Response {
+        let mut response = self.into_response();
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        response
+    }
+}
+
+fn parse_route(method: &Method, path: &str, query: Option<&str>) -> Option<(Result<RepoName, ApiError>, Result<GitRoute, ApiError>)> {
+    let path = path.trim_start_matches('/');
+    let (repo, action) = if let Some(repo) = path.strip_suffix("/info/refs") {
+        let service = query
+            .unwrap_or("")
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("service="));
+        let route = match service {
+            Some("git-upload-pack") => Ok(GitRoute::Advertise(GitService::UploadPack)),
+            Some("git-receive-pack") => Ok(GitRoute::Advertise(GitService::ReceivePack)),
+            Some(other) => Err(ApiError::invalid(format!("unknown git service {other:?}"))),
+            None => Err(ApiError::invalid("only the smart HTTP protocol is served: pass ?service=")),
+        };
+        (repo, route)
+    } else if let Some(repo) = path.strip_suffix("/git-upload-pack") {
+        (repo, Ok(GitRoute::Rpc(GitService::UploadPack)))
+    } else if let Some(repo) = path.strip_suffix("/git-receive-pack") {
+        (repo, Ok(GitRoute::Rpc(GitService::ReceivePack)))
+    } else {
+        return None;
+    };
+    let expected = match action {
+        Ok(GitRoute::Advertise(_)) | Err(_) => Method::GET,
+        Ok(GitRoute::Rpc(_)) => Method::POST,
+    };
+    let action = if *method == expected {
+        action
+    } else {
+        Err(ApiError::invalid(format!("use {expected} for this git URL")))
+    };
+    Some((RepoName::parse(repo), action))
+}
+
+async fn serve(
+    state: &FrontState,
+    name: Result<RepoName, ApiError>,
+    route: GitRoute,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let name = name?;
+    let service = match route {
+        GitRoute::Advertise(service) | GitRoute::Rpc(service) => service,
+    };
+    let user = authorise(state, request.headers(), service)?;
+    let record = state.directory.repo(&name).ok_or_else(|| ApiError::RepoNotFound {
+        repo: name.to_string(),
+    })?;
+    let git_protocol = request
+        .headers()
+        .get("git-protocol")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let open = OpenSession {
+        service,
+        advertise_refs: matches!(route, GitRoute::Advertise(_)),
+        git_protocol: git_protocol.clone(),
+        user,
+    };
+    let open_request = NodeRequest::Repo {
+        id: record.id,
+        name,
+        request: RepoRequest::OpenSession(open),
+    };
+    let session = match state
+        .nodes
+        .call_with_timeout(record.node, &open_request, state.config.git_step_timeout)
+        .await?
+    {
+        NodeReply::Session(id) => id,
+        other => return Err(ApiError::internal("open git session", format!("unexpected reply {other:?}"))),
+    };
+    let mut session = SessionHandle {
+        state: state.nodes.clone(),
+        node: record.node,
+        id: session,
+        step_timeout: state.config.git_step_timeout,
+        finished: false,
+    };
+    let mut prefix = Vec::new();
+    match route {
+        GitRoute::Advertise(service) => {
+            // Git's http-backend announces the service before a v0/v1 advertisement; v2
+            // clients expect the capability list straight away.
+            if !git_protocol.as_deref().unwrap_or("").contains("version=2") {
+                prefix.extend(pkt_line(&format!("# service={}\n", service.as_str())));
+                prefix.extend(b"0000");
+            }
+            session.finish_input().await?;
+        }
+        GitRoute::Rpc(service) => {
+            let limit = match service {
+                GitService::UploadPack => state.config.max_fetch_request_bytes,
+                GitService::ReceivePack => state.config.max_push_bytes,
+            };
+            let gzip = request
+                .headers()
+                .get(header::CONTENT_ENCODING)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+            send_body(&mut session, request.into_body(), gzip, limit).await?;
+            session.finish_input().await?;
+        }
+    }
+    let first = session.read().await?;
+    let content_type = match route {
+        GitRoute::Advertise(service) => format!("application/x-{}-advertisement", service.as_str()),
+        GitRoute::Rpc(service) => format!("application/x-{}-result", service.as_str()),
+    };
+    let mut head = prefix;
+    head.extend_from_slice(&first.data);
+    let body = output_stream(session, Bytes::from(head), first.eof);
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(&content_type).expect("ascii"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response.into_response())
+}
+
+/// Who may run `service`: pushes need a token; clones and fetches need one unless reads are
+/// public. Returns the user name recorded in push events.
+fn authorise(state: &FrontState, headers: &HeaderMap, service: GitService) -> Result<String, ApiError> {
+    let principal = match service {
+        GitService::ReceivePack => Some(auth::require(state.directory.as_ref(), headers)?),
+        GitService::UploadPack if !state.config.public_reads => Some(auth::require(state.directory.as_ref(), headers)?),
+        GitService::UploadPack => auth::optional(state.directory.as_ref(), headers)?,
+    };
+    Ok(principal.map(|p| p.user).unwrap_or_else(|| "anonymous".into()))
+}
+
+/// Streams the request body into the session, decompressing gzip on the way, in chunks of at
+/// most [`MAX_CHUNK_BYTES`], refusing more than `limit` bytes.
+async fn send_body(session: &mut SessionHandle, body: Body, gzip: bool, limit: u64) -> Result<(), ApiError> {
+    let mut frames = body.into_data_stream();
+    let mut decoder = gzip.then(|| flate2::write::GzDecoder::new(Vec::new()));
+    let mut total = 0u64;
+    let too_large = || ApiError::TooLarge {
+        what: "the git request body".into(),
+        limit,
+    };
+    while let Some(frame) = frames.next().await {
+        let frame = frame.map_err(|e| ApiError::invalid(format!("the request body broke off: {e}")))?;
+        let plain = match decoder.as_mut() {
+            Some(decoder) => {
+                decoder
+                    .write_all(&frame)
+                    .map_err(|e| ApiError::invalid(format!("malformed gzip body: {e}")))?;
+                std::mem::take(decoder.get_mut())
+            }
+            None => frame.to_vec(),
+        };
+        total += plain.len() as u64;
+        if total > limit {
+            return Err(too_large());
+        }
+        for chunk in plain.chunks(MAX_CHUNK_BYTES) {
+            session.write(chunk.to_vec()).await?;
+        }
+    }
+    if let Some(decoder) = decoder {
+        let rest = decoder
+            .finish()
+            .map_err(|e| ApiError::invalid(format!("malformed gzip body: {e}")))?;
+        total += rest.len() as u64;
+        if total > limit {
+            return Err(too_large());
+        }
+        for chunk in rest.chunks(MAX_CHUNK_BYTES) {
+            session.write(chunk.to_vec()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The response body: `head`, then session output until end of file. Dropping it early (the
+/// client went away) aborts the session through the handle's guard.
+fn output_stream(session: SessionHandle, head: Bytes, eof: bool) -> Body {
+    let first = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(head) });
+    if eof {
+        let mut session = session;
+        session.finished = true;
+        return Body::from_stream(first);
+    }
+    let rest = futures::stream::unfold(Some(session), |session| async move {
+        let mut session = session?;
+        match session.read().await {
+            Ok(chunk) if chunk.eof => Some((Ok(Bytes::from(chunk.data)), None)),
+            Ok(chunk) => Some((Ok(Bytes::from(chunk.data)), Some(session))),
+            Err(error) => {
+                tracing::warn!(%error, "git session output broke off");
+                Some((Err(std::io::Error::other(error.to_string())), None))
+            }
+        }
+    });
+    Body::from_stream(first.chain(rest))
+}
+
+/// One open session on a node. Aborts the session when dropped before its output ended.
+struct SessionHandle {
+    state: crate::NodeClient,
+    node: NodeId,
+    id: SessionId,
+    step_timeout: std::time::Duration,
+    finished: bool,
+}
+
+impl SessionHandle {
+    async fn call(&self, request: NodeRequest) -> Result<NodeReply, ApiError> {
+        self.state.call_with_timeout(self.node, &request, self.step_timeout).await
+    }
+
+    async fn write(&mut self, data: Vec<u8>) -> Result<(), ApiError> {
+        self.call(NodeRequest::SessionWrite { session: self.id, data }).await?;
+        Ok(())
+    }
+
+    async fn finish_input(&mut self) -> Result<(), ApiError> {
+        self.call(NodeRequest::SessionFinishInput { session: self.id }).await?;
+        Ok(())
+    }
+
+    async fn read(&mut self) -> Result<SessionChunk, ApiError> {
+        match self.call(NodeRequest::SessionRead { session: self.id }).await {
+            Ok(NodeReply::Chunk(chunk)) => {
+                self.finished |= chunk.eof;
+                Ok(chunk)
+            }
+            Ok(other) => Err(ApiError::internal("read git output", format!("unexpected reply {other:?}"))),
+            Err(error) => {
+                // The session is gone on the node's side whatever happened.
+                if matches!(error, ApiError::SessionNotFound { .. }) {
+                    self.finished = true;
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let client = self.state.clone();
+        let (node, session) = (self.node, self.id);
+        tokio::spawn(async move {
+            if let Err(error) = client.call(node, &NodeRequest::SessionAbort { session }).await {
+                tracing::debug!(%error, %session, "aborting git session");
+            }
+        });
+    }
+}
+
+/// One pkt-line: four hex digits of length (including themselves), then the payload.
+fn pkt_line(payload: &str) -> Vec<u8> {
+    let mut line = format!("{:04x}", payload.len() + 4).into_bytes();
+    line.extend_from_slice(payload.as_bytes());
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_parsed() {
+        let (name, route) = parse_route(&Method::GET, "/acme/app.git/info/refs", Some("service=git-upload-pack")).unwrap();
+        assert_eq!(name.unwrap().to_string(), "acme/app");
+        assert_eq!(route.unwrap(), GitRoute::Advertise(GitService::UploadPack));
+        let (_, route) = parse_route(&Method::POST, "/acme/app/git-receive-pack", None).unwrap();
+        assert_eq!(route.unwrap(), GitRoute::Rpc(GitService::ReceivePack));
+        let (_, route) = parse_route(&Method::GET, "/acme/app.git/git-receive-pack", None).unwrap();
+        assert!(route.is_err(), "an RPC needs POST");
+        let (name, _) = parse_route(&Method::POST, "/../etc/git-upload-pack", None).unwrap();
+        assert!(name.is_err());
+        assert!(parse_route(&Method::GET, "/acme/app.git/HEAD", None).is_none());
+    }
+
+    #[test]
+    fn pkt_line_counts_its_own_length() {
+        assert_eq!(pkt_line("# service=git-upload-pack\n"), b"001e# service=git-upload-pack\n");
+    }
+}
