@@ -1,0 +1,306 @@
+//! The metadata state and the commands that change it.
+//!
+//! [`State::apply`] is the whole of the state machine's logic: pure, deterministic, and
+//! tested without Raft. A command that breaks a rule (a name that is taken, say) is not an
+//! error of the log: it is applied as a no-op whose outcome is the [`ApiError`], so every
+//! replica decides the same way.
+
+use std::collections::BTreeMap;
+
+use openraft::{BasicNode, LogId, StoredMembership};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use wharf_proto::{ApiError, Directory, NodeId, NodeRecord, Principal, PushEvent, RepoId, RepoName, RepoRecord};
+
+/// A change to the metadata, proposed through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Add or update a member.
+    AddNode {
+        /// The member.
+        record: NodeRecord,
+    },
+    /// Create the record of a repository owned by `node`.
+    CreateRepo {
+        /// Its name; refused if taken.
+        name: RepoName,
+        /// Its owner.
+        node: NodeId,
+        /// Creation time, decided by the proposer so that replicas agree.
+        now_ms: u64,
+    },
+    /// Remove the record of a repository, and its push events.
+    DeleteRepo {
+        /// Its name.
+        name: RepoName,
+    },
+    /// Record the ref updates of one push.
+    RecordPush {
+        /// The repository.
+        repo: RepoId,
+        /// What changed.
+        updates: Vec<RefUpdate>,
+        /// Who pushed.
+        pusher: String,
+        /// When.
+        now_ms: u64,
+    },
+    /// Store a token (its hash only) for a principal.
+    AddToken {
+        /// [`hash_token`] of the token.
+        token_hash: String,
+        /// Whom it authenticates.
+        principal: Principal,
+    },
+}
+
+/// One ref changed by a push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefUpdate {
+    /// Full ref name.
+    pub ref_name: String,
+    /// Value before (`None`: created).
+    pub old: Option<String>,
+    /// Value after (`None`: deleted).
+    pub new: Option<String>,
+}
+
+/// What an applied command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandOutcome {
+    /// The repository record created.
+    Repo(RepoRecord),
+    /// The push events recorded.
+    Pushed(Vec<PushEvent>),
+    /// Nothing to report.
+    Done,
+}
+
+/// The answer of the state machine to one command.
+pub type CommandResult = Result<CommandOutcome, ApiError>;
+
+/// The hash under which a token is stored: hex SHA-256. Tokens are random and long, so no
+/// salt or slow hash is needed; only the hash ever reaches the log and snapshots.
+pub fn hash_token(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Everything the metadata store knows, as applied up to `last_applied`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    /// The last log entry applied.
+    pub last_applied: Option<LogId<u64>>,
+    /// The last membership applied.
+    pub last_membership: StoredMembership<u64, BasicNode>,
+    nodes: BTreeMap<u64, NodeRecord>,
+    repos: BTreeMap<String, RepoRecord>,
+    /// The id the next repository gets; ids are never reused.
+    next_repo_id: u64,
+    /// Push events by repository id, oldest first.
+    events: BTreeMap<u64, Vec<PushEvent>>,
+    /// Principals by token hash.
+    tokens: BTreeMap<String, Principal>,
+}
+
+impl State {
+    /// Applies one command.
+    pub fn apply(&mut self, command: Command) -> CommandResult {
+        match command {
+            Command::AddNode { record } => {
+                self.nodes.insert(record.id.0, record);
+                Ok(CommandOutcome::Done)
+            }
+            Command::CreateRepo { name, node, now_ms } => {
+                let key = name.to_string();
+                if self.repos.contains_key(&key) {
+                    return Err(ApiError::RepoExists { repo: key });
+                }
+                let id = RepoId(self.next_repo_id.max(1));
+                self.next_repo_id = id.0 + 1;
+                let record = RepoRecord {
+                    id,
+                    name,
+                    node,
+                    created_ms: now_ms,
+                };
+                self.repos.insert(key, record.clone());
+                Ok(CommandOutcome::Repo(record))
+            }
+            Command::DeleteRepo { name } => {
+                let key = name.to_string();
+                let record = self.repos.remove(&key).ok_or(ApiError::RepoNotFound { repo: key })?;
+                self.events.remove(&record.id.0);
+                Ok(CommandOutcome::Done)
+            }
+            Command::RecordPush {
+                repo,
+                updates,
+                pusher,
+                now_ms,
+            } => {
+                if !self.repos.values().any(|r| r.id == repo) {
+                    return Err(ApiError::RepoNotFound {
+                        repo: format!("#{repo}"),
+                    });
+                }
+                let events = self.events.entry(repo.0).or_default();
+                let mut recorded = Vec::with_capacity(updates.len());
+                for update in updates {
+                    let event = PushEvent {
+                        seq: events.len() as u64 + 1,
+                        repo,
+                        ref_name: update.ref_name,
+                        old: update.old,
+                        new: update.new,
+                        pusher: pusher.clone(),
+                        time_ms: now_ms,
+                    };
+                    events.push(event.clone());
+                    recorded.push(event);
+                }
+                Ok(CommandOutcome::Pushed(recorded))
+            }
+            Command::AddToken { token_hash, principal } => {
+                self.tokens.insert(token_hash, principal);
+                Ok(CommandOutcome::Done)
+            }
+        }
+    }
+}
+
+/// The applied state shared between the state machine (which writes it) and the directory
+/// (which reads it).
+#[derive(Debug, Default)]
+pub struct SharedState(std::sync::RwLock<State>);
+
+impl SharedState {
+    /// Wraps a loaded state.
+    pub fn new(state: State) -> Self {
+        SharedState(std::sync::RwLock::new(state))
+    }
+
+    /// Reads the state. A writer that panicked left it consistent (apply does not panic
+    /// midway), so a poisoned lock is still read.
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Changes the state.
+    pub fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Directory for SharedState {
+    fn repo(&self, name: &RepoName) -> Option<RepoRecord> {
+        self.read().repos.get(&name.to_string()).cloned()
+    }
+
+    fn repos(&self) -> Vec<RepoRecord> {
+        self.read().repos.values().cloned().collect()
+    }
+
+    fn nodes(&self) -> Vec<NodeRecord> {
+        self.read().nodes.values().cloned().collect()
+    }
+
+    fn authenticate(&self, token: &str) -> Option<Principal> {
+        self.read().tokens.get(&hash_token(token)).cloned()
+    }
+
+    fn push_events(&self, repo: RepoId, after: u64, limit: usize) -> Vec<PushEvent> {
+        let state = self.read();
+        let Some(events) = state.events.get(&repo.0) else {
+            return Vec::new();
+        };
+        // Events are numbered from 1 in order, so `after` is also an index.
+        events.iter().skip(after as usize).take(limit).cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> RepoName {
+        RepoName::parse(s).unwrap()
+    }
+
+    fn create(state: &mut State, repo: &str) -> CommandResult {
+        state.apply(Command::CreateRepo {
+            name: name(repo),
+            node: NodeId(1),
+            now_ms: 7,
+        })
+    }
+
+    #[test]
+    fn repositories_get_fresh_ids_and_unique_names() {
+        let mut state = State::default();
+        let Ok(CommandOutcome::Repo(first)) = create(&mut state, "a/one") else { panic!() };
+        assert_eq!(first.id, RepoId(1));
+        assert_eq!(create(&mut state, "a/one"), Err(ApiError::RepoExists { repo: "a/one".into() }));
+        state.apply(Command::DeleteRepo { name: name("a/one") }).unwrap();
+        let Ok(CommandOutcome::Repo(again)) = create(&mut state, "a/one") else { panic!() };
+        assert_eq!(again.id, RepoId(2), "ids are never reused");
+        assert!(matches!(
+            state.apply(Command::DeleteRepo { name: name("a/none") }),
+            Err(ApiError::RepoNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn pushes_are_numbered_per_repository() {
+        let lock = SharedState::default();
+        let mut state = lock.write();
+        create(&mut state, "a/one").unwrap();
+        let update = |r: &str| RefUpdate {
+            ref_name: r.into(),
+            old: None,
+            new: Some("abc".into()),
+        };
+        let push = |state: &mut State, updates| {
+            state.apply(Command::RecordPush {
+                repo: RepoId(1),
+                updates,
+                pusher: "ada".into(),
+                now_ms: 1,
+            })
+        };
+        push(&mut state, vec![update("refs/heads/main"), update("refs/tags/v1")]).unwrap();
+        let Ok(CommandOutcome::Pushed(events)) = push(&mut state, vec![update("refs/heads/dev")]) else { panic!() };
+        assert_eq!(events[0].seq, 3);
+        assert!(push_to_missing(&mut state).is_err());
+        drop(state);
+        let after_first = lock.push_events(RepoId(1), 1, 10);
+        assert_eq!(after_first.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+    }
+
+    fn push_to_missing(state: &mut State) -> CommandResult {
+        state.apply(Command::RecordPush {
+            repo: RepoId(99),
+            updates: vec![],
+            pusher: "x".into(),
+            now_ms: 0,
+        })
+    }
+
+    #[test]
+    fn tokens_authenticate_by_hash() {
+        let lock = SharedState::default();
+        lock.write()
+            .apply(Command::AddToken {
+                token_hash: hash_token("secret"),
+                principal: Principal {
+                    user: "admin".into(),
+                    admin: true,
+                },
+            })
+            .unwrap();
+        assert_eq!(lock.authenticate("secret").unwrap().user, "admin");
+        assert!(lock.authenticate("guess").is_none());
+    }
+}
