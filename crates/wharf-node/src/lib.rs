@@ -1,0 +1,146 @@
+//! A Wharf storage node: it owns repositories on its disk and serves them to fronts by actor
+//! messages.
+//!
+//! [`StorageNode::start`] spawns one [`router::NodeRouter`] actor and registers it in the process
+//! group [`wharf_proto::node_group`]; that router is the node's only remotable actor, so peers
+//! build one proxy per node, not one per repository. The router decodes each
+//! [`wharf_proto::NodeRequest`] and hands repository work to a [`repo_actor::RepoActor`], one
+//! per active repository, activated on the first message and passivated when idle (see
+//! [`repo_actor`]). Git protocol traffic runs in [`session`]s: one `git upload-pack` or
+//! `git receive-pack` process each, fed and drained in bounded chunks.
+//!
+//! Metadata (repository records, push events) is written through [`wharf_meta::Meta`]; git
+//! work is done by [`wharf_git::GitRepo`]. The node never speaks HTTP: that is the front's job.
+
+#![warn(missing_docs)]
+
+mod activity;
+pub mod repo_actor;
+pub mod router;
+pub mod session;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use wharf_meta::Meta;
+use wharf_proto::{node_group, NodeId, NodeMessage, RepoId};
+
+use router::NodeRouter;
+
+/// Settings of a storage node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id (also its Raft id).
+    pub id: NodeId,
+    /// Where repositories live: `DATA_DIR/repos/{id:016x}.git`.
+    pub data_dir: PathBuf,
+    /// How long a repository actor stays active with nothing to do before it is passivated.
+    /// Default 300 s. Shorter frees memory sooner; longer saves re-opening busy repositories.
+    pub actor_idle_timeout: Duration,
+    /// How long a git session may wait for its client's next request before it is killed.
+    /// Default 120 s: long enough for a slow client, short enough that a vanished front does
+    /// not hold a repository's write turn for long.
+    pub session_idle_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// The defaults for node `id` storing under `data_dir`.
+    pub fn new(id: NodeId, data_dir: PathBuf) -> Self {
+        NodeConfig {
+            id,
+            data_dir,
+            actor_idle_timeout: Duration::from_secs(300),
+            session_idle_timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// The directory of repository `id` on this node.
+    pub fn repo_path(&self, id: RepoId) -> PathBuf {
+        self.data_dir.join("repos").join(id.dir_name())
+    }
+}
+
+/// Everything a node's actors share.
+pub(crate) struct NodeContext {
+    pub config: NodeConfig,
+    pub meta: Meta,
+    pub registry: repo_actor::RepoRegistry,
+    pub sessions: session::Sessions,
+}
+
+/// A running storage node.
+pub struct StorageNode {
+    router: ActorRef<NodeMessage>,
+    context: Arc<NodeContext>,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The repository directory could not be created.
+    #[error("cannot create {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The router actor did not start.
+    #[error("cannot spawn the node router actor: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+}
+
+impl StorageNode {
+    /// Starts the node's actors and registers its router in the node's process group.
+    pub async fn start(config: NodeConfig, meta: Meta) -> Result<StorageNode, StartError> {
+        let repos_dir = config.data_dir.join("repos");
+        std::fs::create_dir_all(&repos_dir).map_err(|source| StartError::DataDir {
+            path: repos_dir.clone(),
+            source,
+        })?;
+        let context = Arc::new(NodeContext {
+            registry: repo_actor::RepoRegistry::default(),
+            sessions: session::Sessions::default(),
+            config,
+            meta,
+        });
+        let group = node_group(context.config.id);
+        let (router, _) = Actor::spawn(
+            Some(format!("{group}.router")),
+            NodeRouter,
+            context.clone(),
+        )
+        .await?;
+        ractor::pg::join(group, vec![router.get_cell()]);
+        Ok(StorageNode { router, context })
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> NodeId {
+        self.context.config.id
+    }
+
+    /// Number of repository actors active now.
+    pub async fn active_actors(&self) -> usize {
+        self.context.registry.active().await
+    }
+
+    /// Stops the router and every repository actor. Sessions in flight are killed, so pushes
+    /// that were not acknowledged leave nothing behind.
+    pub async fn shutdown(self) {
+        ractor::pg::leave(node_group(self.context.config.id), vec![self.router.get_cell()]);
+        self.context.registry.stop_all().await;
+        self.context.sessions.abort_all();
+        self.router.stop(None);
+    }
+}
+
+/// Milliseconds since the Unix epoch, for records.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

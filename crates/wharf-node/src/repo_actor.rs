@@ -1,0 +1,346 @@
+//! One actor per active repository, and the registry that activates and passivates them.
+//!
+//! # When it is used
+//! Every [`wharf_proto::RepoRequest`] that reaches a node goes through
+//! [`RepoRegistry::dispatch`], which activates the repository's [`RepoActor`] if it is not
+//! running (opening the bare repository) and hands it the request.
+//!
+//! # What it guarantees
+//! - **Reads run in parallel.** The actor answers a read by spawning it on the blocking pool;
+//!   reads never queue behind each other or behind a write or a push.
+//! - **Writes are ordered.** Branch edits, commits, merges, deletion and receive-pack sessions
+//!   go into the actor's write queue in the order the actor received them, and run one at a
+//!   time. A push holds the queue from before git starts until its session ends.
+//! - **Passivation never loses work.** Each request carries an in-flight guard from the moment
+//!   the registry hands it over until it is answered. The registry stops an actor only when it
+//!   has nothing in flight and has been idle for `actor_idle_timeout`, and it decides that under
+//!   the same lock that dispatch uses, so no message can slip in between.
+//!
+//! # Failure and shutdown
+//! If the repository cannot be opened, activation fails and the caller gets an error; nothing
+//! is cached. On shutdown every actor is stopped; reads in flight finish on their own, and
+//! queued writes are dropped unanswered (their callers see a closed reply port).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::{mpsc, oneshot, Mutex};
+use wharf_git::GitRepo;
+use wharf_meta::Command;
+use wharf_proto::{ApiError, GitService, NodeReply, RepoId, RepoName, RepoRequest};
+
+use crate::activity::{answer, Activity, InflightGuard};
+use crate::NodeContext;
+
+/// What every task working on one repository needs.
+pub(crate) struct RepoContext {
+    pub id: RepoId,
+    pub name: RepoName,
+    pub git: Arc<GitRepo>,
+    pub node: Arc<NodeContext>,
+}
+
+/// A message to a repository actor. Sent only by the [`RepoRegistry`] of the same node.
+pub(crate) enum RepoMessage {
+    /// Handle a request and answer on the port. The guard marks it in flight until answered.
+    Handle(RepoRequest, RpcReplyPort<Vec<u8>>, InflightGuard),
+    /// Delete the repository: its record, then its directory. Answers `Done`.
+    Delete(RpcReplyPort<Vec<u8>>, InflightGuard),
+}
+
+impl ractor::Message for RepoMessage {}
+
+/// The actor serving one repository.
+pub(crate) struct RepoActor;
+
+/// A repository actor's state.
+pub(crate) struct RepoState {
+    repo: Arc<RepoContext>,
+    writes: mpsc::UnboundedSender<WriteJob>,
+}
+
+type WriteJob = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Actor for RepoActor {
+    type Msg = RepoMessage;
+    type State = RepoState;
+    type Arguments = (RepoId, RepoName, Arc<NodeContext>);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        (id, name, node): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let path = node.config.repo_path(id);
+        let open_name = name.clone();
+        let git = tokio::task::spawn_blocking(move || GitRepo::open(&path, open_name.to_string())).await??;
+        let (writes, queue) = mpsc::unbounded_channel();
+        tokio::spawn(run_write_queue(queue));
+        Ok(RepoState {
+            repo: Arc::new(RepoContext {
+                id,
+                name,
+                git: Arc::new(git),
+                node,
+            }),
+            writes,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RepoMessage::Handle(request, reply, guard) => state.handle(request, reply, guard),
+            RepoMessage::Delete(reply, guard) => {
+                let repo = state.repo.clone();
+                state.enqueue(reply, async move {
+                    let _guard = guard;
+                    delete(&repo).await
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RepoState {
+    fn handle(&self, request: RepoRequest, reply: RpcReplyPort<Vec<u8>>, guard: InflightGuard) {
+        let repo = self.repo.clone();
+        match request {
+            RepoRequest::OpenSession(open)
+                if open.service == GitService::ReceivePack && !open.advertise_refs =>
+            {
+                // A push takes the write turn and keeps it until its session ends.
+                let job: WriteJob = Box::pin(async move {
+                    let (turn, released) = oneshot::channel::<()>();
+                    let started = crate::session::start(repo, open, Some(turn), guard).await;
+                    let ok = started.is_ok();
+                    answer(reply, started.map(NodeReply::Session));
+                    if ok {
+                        let _ = released.await;
+                    }
+                });
+                let _ = self.writes.send(job);
+            }
+            RepoRequest::OpenSession(open) => {
+                tokio::spawn(async move {
+                    let started = crate::session::start(repo, open, None, guard).await;
+                    answer(reply, started.map(NodeReply::Session));
+                });
+            }
+            request if is_write(&request) => self.enqueue(reply, async move {
+                let _guard = guard;
+                blocking(repo, move |git| write(git, request)).await
+            }),
+            read => {
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    answer(reply, blocking(repo, move |git| self::read(git, read)).await);
+                });
+            }
+        }
+    }
+
+    /// Queues a write; its result answers `reply` when its turn has run.
+    fn enqueue(
+        &self,
+        reply: RpcReplyPort<Vec<u8>>,
+        work: impl Future<Output = Result<NodeReply, ApiError>> + Send + 'static,
+    ) {
+        let job: WriteJob = Box::pin(async move { answer(reply, work.await) });
+        // The queue task lives as long as the actor's state; a send fails only during
+        // shutdown, when the dropped reply port tells the caller.
+        let _ = self.writes.send(job);
+    }
+}
+
+/// Runs queued writes one at a time, in order.
+async fn run_write_queue(mut queue: mpsc::UnboundedReceiver<WriteJob>) {
+    while let Some(job) = queue.recv().await {
+        job.await;
+    }
+}
+
+fn is_write(request: &RepoRequest) -> bool {
+    matches!(
+        request,
+        RepoRequest::CreateBranch { .. }
+            | RepoRequest::DeleteBranch { .. }
+            | RepoRequest::CommitFiles(_)
+            | RepoRequest::Merge(_)
+    )
+}
+
+/// Runs git work on the blocking pool.
+async fn blocking(
+    repo: Arc<RepoContext>,
+    work: impl FnOnce(&GitRepo) -> Result<NodeReply, ApiError> + Send + 'static,
+) -> Result<NodeReply, ApiError> {
+    tokio::task::spawn_blocking(move || work(&repo.git))
+        .await
+        .map_err(|error| ApiError::internal("repository task", error))?
+}
+
+fn read(git: &GitRepo, request: RepoRequest) -> Result<NodeReply, ApiError> {
+    Ok(match request {
+        RepoRequest::Summary => NodeReply::Summary(git.summary()?),
+        RepoRequest::ListBranches => NodeReply::Branches(git.branches()?),
+        RepoRequest::ListTags => NodeReply::Tags(git.tags()?),
+        RepoRequest::Tree {
+            rev,
+            path,
+            offset,
+            limit,
+        } => NodeReply::Tree(git.tree(rev.as_deref(), &path, offset, limit)?),
+        RepoRequest::Blob { rev, path } => NodeReply::Blob(git.blob(rev.as_deref(), &path)?),
+        RepoRequest::Log {
+            rev,
+            path,
+            limit,
+            cursor,
+        } => NodeReply::Log(git.log(rev.as_deref(), path.as_deref(), limit, cursor.as_deref())?),
+        RepoRequest::Commit { rev } => NodeReply::Commit(git.commit_detail(&rev)?),
+        RepoRequest::Compare { base, head } => NodeReply::Compare(git.compare(&base, &head)?),
+        other => {
+            return Err(ApiError::internal(
+                "repository read",
+                format!("{other:?} is not a read"),
+            ))
+        }
+    })
+}
+
+fn write(git: &GitRepo, request: RepoRequest) -> Result<NodeReply, ApiError> {
+    Ok(match request {
+        RepoRequest::CreateBranch { name, from } => {
+            NodeReply::Branch(git.create_branch(&name, from.as_deref())?)
+        }
+        RepoRequest::DeleteBranch { name } => {
+            git.delete_branch(&name)?;
+            NodeReply::Done
+        }
+        RepoRequest::CommitFiles(request) => NodeReply::Commit(git.commit_files(&request)?),
+        RepoRequest::Merge(request) => NodeReply::Merged(git.merge(&request)?),
+        other => {
+            return Err(ApiError::internal(
+                "repository write",
+                format!("{other:?} is not a write"),
+            ))
+        }
+    })
+}
+
+/// Removes the record first (so nothing routes here any more), then the directory. The
+/// directory is renamed aside before removal so a crash never leaves a half-deleted repository
+/// at a live path.
+async fn delete(repo: &RepoContext) -> Result<NodeReply, ApiError> {
+    let command = Command::DeleteRepo {
+        name: repo.name.clone(),
+    };
+    match repo.node.meta.write(command).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => return Err(error),
+        Err(error) => return Err(ApiError::internal("delete repository record", error)),
+    }
+    let path = repo.git.path().to_owned();
+    let trash: PathBuf = path.with_extension("deleted");
+    tokio::task::spawn_blocking(move || {
+        std::fs::rename(&path, &trash)?;
+        std::fs::remove_dir_all(&trash)
+    })
+    .await
+    .map_err(|error| ApiError::internal("delete repository directory", error))?
+    .map_err(|error| ApiError::internal("delete repository directory", error))?;
+    Ok(NodeReply::Done)
+}
+
+/// An active repository actor and its activity counter.
+#[derive(Clone)]
+struct ActiveRepo {
+    actor: ActorRef<RepoMessage>,
+    activity: Arc<Activity>,
+}
+
+/// The repository actors active on this node.
+#[derive(Default)]
+pub(crate) struct RepoRegistry {
+    active: Mutex<HashMap<RepoId, ActiveRepo>>,
+}
+
+impl RepoRegistry {
+    /// Hands `build(guard)` to the actor of repository `id`, activating it if needed.
+    pub async fn dispatch(
+        &self,
+        node: &Arc<NodeContext>,
+        id: RepoId,
+        name: RepoName,
+        build: impl FnOnce(InflightGuard) -> RepoMessage,
+    ) -> Result<(), ApiError> {
+        let mut active = self.active.lock().await;
+        let entry = match active.get(&id) {
+            Some(entry) => entry.clone(),
+            None => {
+                let (actor, _) = Actor::spawn(None, RepoActor, (id, name.clone(), node.clone()))
+                    .await
+                    .map_err(|error| ApiError::Unavailable {
+                        what: format!("repository {name}"),
+                        reason: format!("cannot open it on node {}: {error}", node.config.id),
+                        retry_after_secs: 5,
+                    })?;
+                tracing::debug!(repo = %name, "repository actor activated");
+                let entry = ActiveRepo {
+                    actor,
+                    activity: Arc::new(Activity::default()),
+                };
+                active.insert(id, entry.clone());
+                entry
+            }
+        };
+        let message = build(InflightGuard::new(entry.activity.clone()));
+        if entry.actor.send_message(message).is_err() {
+            active.remove(&id);
+            return Err(ApiError::Unavailable {
+                what: format!("repository {name}"),
+                reason: "its actor stopped; retry".into(),
+                retry_after_secs: 1,
+            });
+        }
+        Ok(())
+    }
+
+    /// Stops the actors that have had nothing in flight for `idle`.
+    pub async fn passivate_idle(&self, idle: std::time::Duration) -> usize {
+        let mut active = self.active.lock().await;
+        let idle_ids: Vec<RepoId> = active
+            .iter()
+            .filter(|(_, entry)| entry.activity.is_idle(idle))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &idle_ids {
+            if let Some(entry) = active.remove(id) {
+                entry.actor.stop(Some("idle".into()));
+            }
+        }
+        idle_ids.len()
+    }
+
+    /// Number of active actors.
+    pub async fn active(&self) -> usize {
+        self.active.lock().await.len()
+    }
+
+    /// Stops every actor.
+    pub async fn stop_all(&self) {
+        for (_, entry) in self.active.lock().await.drain() {
+            entry.actor.stop(Some("node shutdown".into()));
+        }
+    }
+}

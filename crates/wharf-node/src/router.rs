@@ -1,0 +1,143 @@
+//! The node router: the one remotable actor of a storage node.
+//!
+//! It decodes each [`NodeRequest`], answers malformed bytes with an error (a peer that got no
+//! answer would wait for its timeout), and passes the work on without waiting for it:
+//! repository requests to the [`crate::repo_actor::RepoRegistry`], session steps to their
+//! [`crate::session`], and repository creation to a task. It also passivates idle repository
+//! actors on a timer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use wharf_git::GitRepo;
+use wharf_meta::{Command, CommandOutcome};
+use wharf_proto::{codec, ApiError, NodeMessage, NodeReply, NodeRequest, RepoName};
+
+use crate::activity::answer;
+use crate::repo_actor::RepoMessage;
+use crate::session::SessionOp;
+use crate::NodeContext;
+
+/// The node router actor. See the module doc.
+pub(crate) struct NodeRouter;
+
+impl Actor for NodeRouter {
+    type Msg = NodeMessage;
+    type State = Arc<NodeContext>;
+    type Arguments = Arc<NodeContext>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        node: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let sweeper = Arc::downgrade(&node);
+        tokio::spawn(async move {
+            // Sweep a few times per idle period so an idle actor lives at most ~1.25x as long.
+            let mut ticker = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                ticker.tick().await;
+                let Some(node) = sweeper.upgrade() else { return };
+                let idle = node.config.actor_idle_timeout;
+                let stopped = node.registry.passivate_idle(idle).await;
+                if stopped > 0 {
+                    tracing::debug!(stopped, "passivated idle repository actors");
+                }
+            }
+        });
+        Ok(node)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        node: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let NodeMessage::Call(bytes, reply) = message;
+        match codec::decode::<NodeRequest>(&bytes) {
+            Ok(request) => route(node, request, reply).await,
+            Err(error) => answer(reply, Err(ApiError::invalid(format!("undecodable request: {error}")))),
+        }
+        Ok(())
+    }
+}
+
+async fn route(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcReplyPort<Vec<u8>>) {
+    match request {
+        NodeRequest::Repo { id, name, request } => {
+            let mut reply = Some(reply);
+            let result = node
+                .registry
+                .dispatch(node, id, name, |guard| {
+                    let port = reply.take().expect("dispatch builds the message once");
+                    RepoMessage::Handle(request, port, guard)
+                })
+                .await;
+            if let (Err(error), Some(port)) = (result, reply) {
+                answer(port, Err(error));
+            }
+        }
+        NodeRequest::DeleteRepo { id, name } => {
+            let mut reply = Some(reply);
+            let result = node
+                .registry
+                .dispatch(node, id, name, |guard| {
+                    let port = reply.take().expect("dispatch builds the message once");
+                    RepoMessage::Delete(port, guard)
+                })
+                .await;
+            if let (Err(error), Some(port)) = (result, reply) {
+                answer(port, Err(error));
+            }
+        }
+        NodeRequest::CreateRepo { name } => {
+            let node = node.clone();
+            tokio::spawn(async move { answer(reply, create(&node, name).await) });
+        }
+        NodeRequest::SessionWrite { session, data } => {
+            node.sessions.deliver(session, SessionOp::Write(data, reply))
+        }
+        NodeRequest::SessionFinishInput { session } => {
+            node.sessions.deliver(session, SessionOp::FinishInput(reply))
+        }
+        NodeRequest::SessionRead { session } => {
+            node.sessions.deliver(session, SessionOp::Read(reply))
+        }
+        NodeRequest::SessionAbort { session } => {
+            node.sessions.deliver(session, SessionOp::Abort(reply))
+        }
+    }
+}
+
+/// Records a new repository owned by this node, then initialises it on disk. If the disk
+/// step fails the record is removed again, so a listed repository always has its data.
+async fn create(node: &NodeContext, name: RepoName) -> Result<NodeReply, ApiError> {
+    let command = Command::CreateRepo {
+        name: name.clone(),
+        node: node.config.id,
+        now_ms: crate::now_ms(),
+    };
+    let record = match node.meta.write(command).await {
+        Ok(Ok(CommandOutcome::Repo(record))) => record,
+        Ok(Ok(other)) => {
+            return Err(ApiError::internal("create repository", format!("unexpected outcome {other:?}")))
+        }
+        Ok(Err(error)) => return Err(error),
+        Err(error) => return Err(ApiError::internal("create repository record", error)),
+    };
+    let path = node.config.repo_path(record.id);
+    let init_name = name.clone();
+    let initialised = tokio::task::spawn_blocking(move || GitRepo::init(&path, init_name.to_string()))
+        .await
+        .map_err(|error| ApiError::internal("initialise repository", error))
+        .and_then(|result| result.map_err(ApiError::from));
+    if let Err(error) = initialised {
+        tracing::error!(repo = %name, %error, "initialising the repository failed; removing its record");
+        let _ = node.meta.write(Command::DeleteRepo { name }).await;
+        return Err(error);
+    }
+    tracing::info!(repo = %record.name, id = %record.id, "repository created");
+    Ok(NodeReply::Created(record))
+}

@@ -1,0 +1,108 @@
+//! A small client of the HTTP API, for operators and the quick tour.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+/// Which Wharf to talk to, and with which token.
+#[derive(Args)]
+pub struct Server {
+    /// The front's URL.
+    #[arg(long, env = "WHARF_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The API token; default: the contents of ./wharf-data/admin-token, if any.
+    #[arg(long, env = "WHARF_TOKEN")]
+    token: Option<String>,
+}
+
+impl Server {
+    fn token(&self) -> Option<String> {
+        self.token.clone().or_else(|| {
+            std::fs::read_to_string(PathBuf::from("wharf-data/admin-token"))
+                .ok()
+                .map(|t| t.trim().to_owned())
+        })
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.url.trim_end_matches('/'));
+        let mut request = reqwest::Client::new().request(method, &url);
+        if let Some(token) = self.token() {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.with_context(|| format!("cannot reach {url}"))?;
+        let status = response.status();
+        let text = response.text().await?;
+        let value: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        if !status.is_success() {
+            let message = value["error"]["message"].as_str().map(str::to_owned).unwrap_or_else(|| value.to_string());
+            bail!("{status}: {message}");
+        }
+        Ok(value)
+    }
+}
+
+/// `wharf repo …`
+#[derive(Subcommand)]
+pub enum RepoCommand {
+    /// Create a repository named owner/name.
+    Create { name: String },
+    /// List repositories.
+    List,
+    /// Show one repository.
+    Show { name: String },
+    /// Delete a repository.
+    Delete { name: String },
+}
+
+/// `wharf branch …`
+#[derive(Subcommand)]
+pub enum BranchCommand {
+    /// List a repository's branches.
+    List { repo: String },
+    /// Create a branch.
+    Create {
+        repo: String,
+        name: String,
+        /// Branch, tag or commit to start from (default: the default branch).
+        #[arg(long)]
+        from: Option<String>,
+    },
+}
+
+pub async fn repo(server: Server, command: RepoCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let value = match command {
+        RepoCommand::Create { name } => server.send(Method::POST, "/api/v1/repos", Some(json!({ "name": name }))).await?,
+        RepoCommand::List => server.send(Method::GET, "/api/v1/repos", None).await?,
+        RepoCommand::Show { name } => server.send(Method::GET, &format!("/api/v1/repos/{name}"), None).await?,
+        RepoCommand::Delete { name } => server.send(Method::DELETE, &format!("/api/v1/repos/{name}"), None).await?,
+    };
+    print(&value);
+    Ok(())
+}
+
+pub async fn branch(server: Server, command: BranchCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let value = match command {
+        BranchCommand::List { repo } => server.send(Method::GET, &format!("/api/v1/repos/{repo}/branches"), None).await?,
+        BranchCommand::Create { repo, name, from } => {
+            server
+                .send(Method::POST, &format!("/api/v1/repos/{repo}/branches"), Some(json!({ "name": name, "from": from })))
+                .await?
+        }
+    };
+    print(&value);
+    Ok(())
+}
+
+fn print(value: &Value) {
+    if !value.is_null() {
+        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    }
+}

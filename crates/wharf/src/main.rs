@@ -1,0 +1,79 @@
+//! The `wharf` binary.
+//!
+//! - `wharf dev` runs a whole one-node Wharf in this process: the metadata Raft group (one
+//!   voter), a storage node with its repository actors, and the HTTP front.
+//! - `wharf repo …` and `wharf branch …` are a small client of the HTTP API.
+
+mod client;
+mod dev;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "wharf", version, about = "Git hosting on actors, with Raft metadata")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything in one process: metadata, a storage node and the HTTP front.
+    Dev {
+        /// Where repositories, metadata and the admin token live.
+        #[arg(long, default_value = "./wharf-data")]
+        data_dir: PathBuf,
+        /// The HTTP address to serve on (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Manage repositories through the API.
+    Repo {
+        #[command(flatten)]
+        server: client::Server,
+        #[command(subcommand)]
+        command: client::RepoCommand,
+    },
+    /// Manage branches through the API.
+    Branch {
+        #[command(flatten)]
+        server: client::Server,
+        #[command(subcommand)]
+        command: client::BranchCommand,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("wharf: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Dev { data_dir, listen } => dev::run(data_dir, listen).await,
+            Command::Repo { server, command } => client::repo(server, command).await,
+            Command::Branch { server, command } => client::branch(server, command).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("wharf: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

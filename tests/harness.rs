@@ -1,0 +1,257 @@
+//! The integration-test harness: starts the real `wharf` binary on a free port in a temporary
+//! directory, and drives it with HTTP (reqwest) and the real `git` client.
+//!
+//! Everything waits on a condition with a deadline; nothing sleeps and hopes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a node gets to start or stop.
+const START_DEADLINE: Duration = Duration::from_secs(90);
+
+/// The `wharf` binary: `$WHARF_BIN`, or the one cargo built next to this test.
+pub fn wharf_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("WHARF_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/one_node-HASH -> target/debug/wharf
+    let candidate = exe.parent().and_then(Path::parent).expect("target dir").join("wharf");
+    assert!(
+        candidate.exists(),
+        "{} does not exist: build it first (cargo build -p wharf) or set WHARF_BIN",
+        candidate.display()
+    );
+    candidate
+}
+
+/// A running `wharf dev`.
+pub struct Wharf {
+    child: Option<Child>,
+    /// The front's base URL (`http://127.0.0.1:PORT`).
+    pub url: String,
+    /// The admin token.
+    pub token: String,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    http: reqwest::blocking::Client,
+}
+
+/// An HTTP answer: status and JSON body (`Null` when empty or not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The body as JSON.
+    pub json: Value,
+    /// The raw body.
+    pub bytes: Vec<u8>,
+    /// The response headers.
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Answer {
+    /// The error code of a JSON error body.
+    pub fn error_code(&self) -> &str {
+        self.json["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl Wharf {
+    /// Starts `wharf dev` on a free port with its data in `data_dir`.
+    pub fn start(data_dir: &Path) -> Wharf {
+        let mut child = Command::new(wharf_binary())
+            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("WHARF_LOG", std::env::var("WHARF_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start wharf");
+        let stdout = child.stdout.take().expect("stdout");
+        let (lines, url_line) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let deadline = Instant::now() + START_DEADLINE;
+        let url = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match url_line.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("wharf: serving on ") {
+                        break url.trim().to_owned();
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("wharf did not say where it serves within {START_DEADLINE:?}");
+                }
+            }
+        };
+        let token = std::fs::read_to_string(data_dir.join("admin-token"))
+            .expect("admin-token written")
+            .trim()
+            .to_owned();
+        let wharf = Wharf {
+            child: Some(child),
+            url,
+            token,
+            data_dir: data_dir.to_owned(),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("http client"),
+        };
+        wait_until("GET /healthz answers 200", START_DEADLINE, || {
+            wharf.http.get(format!("{}/healthz", wharf.url)).send().map(|r| r.status() == 200).unwrap_or(false)
+        });
+        wharf
+    }
+
+    /// Stops the process with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + START_DEADLINE;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                assert!(status.success(), "wharf exited with {status} on SIGTERM");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("wharf did not stop within {START_DEADLINE:?} of SIGTERM");
+    }
+
+    /// Sends a request; `token` adds `Authorization: Bearer`.
+    pub fn request(&self, method: &str, path: &str, body: Option<Vec<u8>>, token: Option<&str>) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body);
+        }
+        let response = request.send().expect("request sent");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().expect("body").to_vec();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer {
+            status,
+            json,
+            bytes,
+            headers,
+        }
+    }
+
+    /// GET without a token.
+    pub fn get(&self, path: &str) -> Answer {
+        self.request("GET", path, None, None)
+    }
+
+    /// POST of a JSON value with the admin token.
+    pub fn post(&self, path: &str, body: Value) -> Answer {
+        self.request("POST", path, Some(body.to_string().into_bytes()), Some(&self.token))
+    }
+
+    /// DELETE with the admin token.
+    pub fn delete(&self, path: &str) -> Answer {
+        self.request("DELETE", path, None, Some(&self.token))
+    }
+
+    /// Creates a repository and checks it was created.
+    pub fn create_repo(&self, name: &str) -> Value {
+        let answer = self.post("/api/v1/repos", serde_json::json!({ "name": name }));
+        assert_eq!(answer.status, 201, "create {name}: {answer:?}");
+        answer.json
+    }
+
+    /// The clone URL of a repository with the token as basic-auth password (what git sends).
+    pub fn push_url(&self, repo: &str) -> String {
+        let host = self.url.trim_start_matches("http://");
+        format!("http://admin:{}@{host}/{repo}.git", self.token)
+    }
+
+    /// The anonymous clone URL of a repository.
+    pub fn clone_url(&self, repo: &str) -> String {
+        format!("{}/{repo}.git", self.url)
+    }
+}
+
+impl Drop for Wharf {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `condition` until it holds, or panics naming `what` after `deadline`.
+pub fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {deadline:?} waiting until {what}");
+}
+
+/// Runs the real `git` in `dir` with a clean configuration, and returns its output.
+pub fn git(dir: &Path, args: &[&str]) -> Output {
+    Command::new("git")
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main"])
+        .args(["-c", "protocol.version=2", "-c", "credential.helper="])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env_remove("GIT_DIR")
+        .output()
+        .expect("run git")
+}
+
+/// Runs git and panics with its stderr unless it succeeds; returns stdout.
+pub fn git_ok(dir: &Path, args: &[&str]) -> String {
+    let output = git(dir, args);
+    assert!(
+        output.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Every file under `root` (except `.git`) with its content, by relative path.
+pub fn files_under(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if entry.file_name() == ".git" {
+                continue;
+            }
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let relative = path.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
+                out.insert(relative, std::fs::read(&path).expect("read file"));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}

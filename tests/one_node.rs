@@ -1,0 +1,332 @@
+//! Wharf on one node, as a user sees it: the real binary, driven over HTTP and with `git`.
+
+use std::path::Path;
+
+use base64::Engine;
+use rand::RngCore;
+use serde_json::json;
+use wharf_tests::{files_under, git, git_ok, Wharf};
+
+/// A working tree with nested folders, an executable and a binary file, committed on `main`.
+fn make_project(dir: &Path) -> String {
+    std::fs::create_dir_all(dir.join("src/deep/er")).unwrap();
+    std::fs::create_dir_all(dir.join("assets")).unwrap();
+    std::fs::write(dir.join("README.md"), "# demo\n").unwrap();
+    std::fs::write(dir.join("src/main.rs"), "fn main() {}\n").unwrap();
+    std::fs::write(dir.join("src/deep/er/mod.rs"), "pub mod x;\n").unwrap();
+    let mut binary = vec![0u8; 300_000];
+    rand::thread_rng().fill_bytes(&mut binary);
+    std::fs::write(dir.join("assets/blob.bin"), &binary).unwrap();
+    git_ok(dir, &["init", "-q"]);
+    git_ok(dir, &["add", "."]);
+    git_ok(dir, &["commit", "-q", "-m", "first"]);
+    git_ok(dir, &["rev-parse", "HEAD"]).trim().to_owned()
+}
+
+#[test]
+fn push_then_clone_gives_back_the_same_bytes_and_records_the_push() {
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(data.path());
+    let created = wharf.create_repo("acme/app");
+    assert_eq!(created["node"], 1);
+
+    let work = tempfile::tempdir().unwrap();
+    let head = make_project(work.path());
+    git_ok(work.path(), &["push", "-q", &wharf.push_url("acme/app"), "main"]);
+
+    let clone = tempfile::tempdir().unwrap();
+    git_ok(clone.path(), &["clone", "-q", &wharf.clone_url("acme/app"), "copy"]);
+    let copy = clone.path().join("copy");
+    assert_eq!(git_ok(&copy, &["rev-parse", "HEAD"]).trim(), head);
+    assert_eq!(files_under(&copy), files_under(work.path()), "the clone has the same files, byte for byte");
+
+    let shown = wharf.get("/api/v1/repos/acme/app");
+    assert_eq!(shown.status, 200);
+    assert_eq!(shown.json["default_branch"], "main");
+    assert_eq!(shown.json["node"], 1);
+    assert!(shown.json["size_bytes"].as_u64().unwrap() > 300_000);
+
+    let events = wharf.get("/api/v1/repos/acme/app/events");
+    let events = events.json["events"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["ref_name"], "refs/heads/main");
+    assert_eq!(events[0]["old"], serde_json::Value::Null);
+    assert_eq!(events[0]["new"], head);
+    assert_eq!(events[0]["pusher"], "admin");
+
+    // A second push moves the branch; a fetch sees it.
+    std::fs::write(work.path().join("src/main.rs"), "fn main() { println!(\"hi\"); }\n").unwrap();
+    git_ok(work.path(), &["commit", "-qam", "second"]);
+    git_ok(work.path(), &["push", "-q", &wharf.push_url("acme/app"), "main"]);
+    git_ok(&copy, &["pull", "-q", "--ff-only"]);
+    assert_eq!(files_under(&copy), files_under(work.path()));
+    let events = wharf.get("/api/v1/repos/acme/app/events?after=1");
+    assert_eq!(events.json["events"][0]["seq"], 2);
+    assert_eq!(events.json["events"][0]["old"], head);
+}
+
+#[test]
+fn browsing_api_reads_what_was_pushed() {
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(data.path());
+    wharf.create_repo("acme/browse");
+    let work = tempfile::tempdir().unwrap();
+    let head = make_project(work.path());
+    git_ok(work.path(), &["push", "-q", &wharf.push_url("acme/browse"), "main"]);
+
+    let root = wharf.get("/api/v1/repos/acme/browse/tree?ref=main");
+    assert_eq!(root.status, 200, "{root:?}");
+    let names: Vec<_> = root.json["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(names, ["assets", "src", "README.md"]);
+    let page = wharf.get("/api/v1/repos/acme/browse/tree?path=src&limit=1");
+    assert_eq!(page.json["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(page.json["total"], 2);
+    assert_eq!(page.json["next_offset"], 1);
+
+    let text = wharf.get("/api/v1/repos/acme/browse/blob?path=src/deep/er/mod.rs");
+    assert_eq!((text.json["encoding"].as_str(), text.json["content"].as_str()), (Some("utf-8"), Some("pub mod x;\n")));
+    let binary = wharf.get("/api/v1/repos/acme/browse/blob?path=assets/blob.bin");
+    assert_eq!(binary.json["encoding"], "base64");
+    let decoded = base64::engine::general_purpose::STANDARD.decode(binary.json["content"].as_str().unwrap()).unwrap();
+    assert_eq!(decoded, std::fs::read(work.path().join("assets/blob.bin")).unwrap());
+    let raw = wharf.get("/api/v1/repos/acme/browse/raw?path=assets/blob.bin");
+    assert_eq!(raw.bytes, decoded);
+
+    let log = wharf.get("/api/v1/repos/acme/browse/commits?ref=main&limit=10");
+    assert_eq!(log.json["commits"][0]["id"], head);
+    let commit = wharf.get(&format!("/api/v1/repos/acme/browse/commits/{head}"));
+    assert_eq!(commit.json["files"].as_array().unwrap().len(), 4);
+    assert_eq!(commit.json["additions"], 3, "three one-line text files; the binary counts no lines");
+
+    // The seed API, with query parameters and with a JSON body.
+    let details = wharf.get("/api/v1/repo/details?repo_url=http://example.com/acme/browse.git");
+    assert_eq!(details.status, 200, "{details:?}");
+    assert_eq!(details.json, json!({"repo_name": "browse", "owner": "acme", "branches": ["main"]}));
+    let details = wharf.request("GET", "/api/v1/repo/details", Some(br#"{"repo_url":"acme/browse"}"#.to_vec()), None);
+    assert_eq!(details.json["branches"], json!(["main"]));
+    let branch = wharf.post("/api/v1/repo/branch", json!({"repo_url": "acme/browse", "branch_name": "dev"}));
+    assert_eq!(branch.status, 201, "{branch:?}");
+    assert_eq!(branch.json["message"], "Branch created successfully");
+    assert_eq!(branch.json["branch_name"], "dev");
+    let again = wharf.post("/api/v1/repo/branch", json!({"repo_url": "acme/browse", "branch_name": "dev"}));
+    assert_eq!((again.status, again.error_code()), (409, "ref_exists"));
+
+    // The branch is visible to git too.
+    let remote = git_ok(work.path(), &["ls-remote", &wharf.clone_url("acme/browse")]);
+    assert!(remote.contains(&format!("{head}\trefs/heads/dev")), "{remote}");
+}
+
+fn commit_via_api(wharf: &Wharf, repo: &str, branch: &str, parent: Option<&str>, actions: serde_json::Value) -> wharf_tests::Answer {
+    wharf.post(
+        &format!("/api/v1/repos/{repo}/commits"),
+        json!({"branch": branch, "expected_parent": parent, "message": format!("edit {branch}"), "actions": actions}),
+    )
+}
+
+fn branch_tip(wharf: &Wharf, repo: &str, branch: &str) -> String {
+    let branches = wharf.get(&format!("/api/v1/repos/{repo}/branches"));
+    branches.json["branches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == branch)
+        .map(|b| b["commit"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn commits_merges_and_comparisons_through_the_api() {
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(data.path());
+    let repo = "acme/merge";
+    wharf.create_repo(repo);
+
+    let first = commit_via_api(&wharf, repo, "main", None, json!([
+        {"action": "create", "path": "doc/a.txt", "content": "1\n2\n3\n"},
+        {"action": "create", "path": "bin/tool", "content": "IyEvYmluL3NoCg==", "encoding": "base64", "executable": true}
+    ]));
+    assert_eq!(first.status, 201, "{first:?}");
+    let first_sha = first.json["commit"]["id"].as_str().unwrap().to_owned();
+    let tool = wharf.get(&format!("/api/v1/repos/{repo}/tree?path=bin"));
+    assert_eq!(tool.json["entries"][0]["mode"], "100755");
+
+    // A stale parent is refused and changes nothing.
+    let second = commit_via_api(&wharf, repo, "main", Some(&first_sha), json!([{"action": "update", "path": "doc/a.txt", "content": "1\n2\n3\n4\n"}]));
+    assert_eq!(second.status, 201);
+    let stale = commit_via_api(&wharf, repo, "main", Some(&first_sha), json!([{"action": "delete", "path": "doc/a.txt"}]));
+    assert_eq!((stale.status, stale.error_code()), (409, "stale_parent"));
+    assert_eq!(wharf.get(&format!("/api/v1/repos/{repo}/raw?path=doc/a.txt")).bytes, b"1\n2\n3\n4\n");
+
+    // Fast-forward.
+    assert_eq!(wharf.post(&format!("/api/v1/repos/{repo}/branches"), json!({"name": "ff"})).status, 201);
+    let ff_tip = commit_via_api(&wharf, repo, "ff", None, json!([{"action": "create", "path": "ff.txt", "content": "ff\n"}]));
+    let ff_sha = ff_tip.json["commit"]["id"].as_str().unwrap().to_owned();
+    let merged = wharf.post(&format!("/api/v1/repos/{repo}/merges"), json!({"base": "main", "head": "ff", "strategy": "fast-forward"}));
+    assert_eq!(merged.status, 200, "{merged:?}");
+    assert_eq!(merged.json["commit"], ff_sha);
+
+    // Merge commit and squash from diverged branches.
+    assert_eq!(wharf.post(&format!("/api/v1/repos/{repo}/branches"), json!({"name": "side", "from": first_sha})).status, 201);
+    commit_via_api(&wharf, repo, "side", None, json!([{"action": "create", "path": "side.txt", "content": "side\n"}]));
+    let not_ff = wharf.post(&format!("/api/v1/repos/{repo}/merges"), json!({"base": "main", "head": "side", "strategy": "fast-forward"}));
+    assert_eq!(not_ff.status, 409);
+    let compare = wharf.get(&format!("/api/v1/repos/{repo}/compare?base=main&head=side"));
+    assert_eq!((compare.json["ahead_by"].as_u64(), compare.json["behind_by"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(compare.json["files"][0]["path"], "side.txt");
+    let merge = wharf.post(&format!("/api/v1/repos/{repo}/merges"), json!({"base": "main", "head": "side", "strategy": "merge"}));
+    assert_eq!(merge.status, 200, "{merge:?}");
+    let merge_sha = merge.json["commit"].as_str().unwrap().to_owned();
+    let detail = wharf.get(&format!("/api/v1/repos/{repo}/commits/{merge_sha}"));
+    assert_eq!(detail.json["commit"]["parents"].as_array().unwrap().len(), 2);
+
+    assert_eq!(wharf.post(&format!("/api/v1/repos/{repo}/branches"), json!({"name": "sq"})).status, 201);
+    commit_via_api(&wharf, repo, "sq", None, json!([{"action": "create", "path": "s1.txt", "content": "1\n"}]));
+    commit_via_api(&wharf, repo, "sq", None, json!([{"action": "create", "path": "s2.txt", "content": "2\n"}]));
+    let squash = wharf.post(&format!("/api/v1/repos/{repo}/merges"), json!({"base": "main", "head": "sq", "strategy": "squash"}));
+    assert_eq!(squash.status, 200, "{squash:?}");
+    let squash_sha = squash.json["commit"].as_str().unwrap();
+    let detail = wharf.get(&format!("/api/v1/repos/{repo}/commits/{squash_sha}"));
+    assert_eq!(detail.json["commit"]["parents"], json!([merge_sha]));
+    assert_eq!(detail.json["files"].as_array().unwrap().len(), 2);
+
+    // A conflict names the paths and changes nothing.
+    assert_eq!(wharf.post(&format!("/api/v1/repos/{repo}/branches"), json!({"name": "clash"})).status, 201);
+    commit_via_api(&wharf, repo, "clash", None, json!([{"action": "update", "path": "doc/a.txt", "content": "1\nclash\n3\n4\n"}]));
+    commit_via_api(&wharf, repo, "main", None, json!([{"action": "update", "path": "doc/a.txt", "content": "1\nmain\n3\n4\n"}]));
+    let before = branch_tip(&wharf, repo, "main");
+    let conflict = wharf.post(&format!("/api/v1/repos/{repo}/merges"), json!({"base": "main", "head": "clash", "strategy": "merge"}));
+    assert_eq!((conflict.status, conflict.error_code()), (409, "merge_conflict"), "{conflict:?}");
+    assert_eq!(conflict.json["error"]["paths"], json!(["doc/a.txt"]));
+    assert_eq!(branch_tip(&wharf, repo, "main"), before);
+
+    // Log with a path filter, newest first, paged.
+    let history = wharf.get(&format!("/api/v1/repos/{repo}/commits?path=doc/a.txt&limit=2"));
+    assert_eq!(history.json["commits"].as_array().unwrap().len(), 2);
+    let cursor = history.json["next_cursor"].as_str().unwrap().to_owned();
+    let rest = wharf.get(&format!("/api/v1/repos/{repo}/commits?path=doc/a.txt&limit=10&cursor={cursor}"));
+    assert_eq!(rest.json["commits"].as_array().unwrap().last().unwrap()["id"], first_sha);
+
+    // Deleting a branch, then the repository.
+    assert_eq!(wharf.delete(&format!("/api/v1/repos/{repo}/branches/clash")).status, 204);
+    assert_eq!(wharf.delete(&format!("/api/v1/repos/{repo}")).status, 204);
+    assert_eq!(wharf.get(&format!("/api/v1/repos/{repo}")).status, 404);
+}
+
+#[test]
+fn bad_input_is_refused_with_a_json_error_and_changes_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(data.path());
+    wharf.create_repo("acme/app");
+
+    for name in ["../etc", "acme/../x", "acme/a/b", "acme/\u{1}x", "/acme", &format!("acme/{}", "x".repeat(101))] {
+        let answer = wharf.post("/api/v1/repos", json!({ "name": name }));
+        assert_eq!(answer.status, 400, "{name:?}: {answer:?}");
+        assert_eq!(answer.error_code(), "invalid_name", "{name:?}");
+    }
+    let duplicate = wharf.post("/api/v1/repos", json!({"name": "acme/app"}));
+    assert_eq!((duplicate.status, duplicate.error_code()), (409, "repo_exists"));
+    let malformed = wharf.request("POST", "/api/v1/repos", Some(b"{\"name\":".to_vec()), Some(&wharf.token));
+    assert_eq!((malformed.status, malformed.error_code()), (400, "invalid_request"));
+    let huge = wharf.request("POST", "/api/v1/repos", Some(vec![b' '; 33 << 20]), Some(&wharf.token));
+    assert_eq!((huge.status, huge.error_code()), (413, "too_large"));
+
+    let no_token = wharf.request("POST", "/api/v1/repos", Some(br#"{"name":"acme/b"}"#.to_vec()), None);
+    assert_eq!((no_token.status, no_token.error_code()), (401, "unauthorized"));
+    let wrong_token = wharf.request("POST", "/api/v1/repos", Some(br#"{"name":"acme/b"}"#.to_vec()), Some("nope"));
+    assert_eq!(wrong_token.status, 401);
+
+    assert_eq!(wharf.get("/api/v1/repos/acme/missing").status, 404);
+    let empty_tree = wharf.get("/api/v1/repos/acme/app/tree");
+    assert_eq!((empty_tree.status, empty_tree.error_code()), (404, "revision_not_found"));
+    let first = commit_via_api(&wharf, "acme/app", "main", None, json!([{"action": "create", "path": "a.txt", "content": "a"}]));
+    assert_eq!(first.status, 201);
+    assert_eq!(wharf.get("/api/v1/repos/acme/app/tree?ref=nope").error_code(), "revision_not_found");
+    assert_eq!(wharf.get("/api/v1/repos/acme/app/blob?path=missing").status, 404);
+    assert_eq!(wharf.get("/api/v1/repos/acme/app/blob?path=../../etc/passwd").status, 400);
+    let escape = commit_via_api(&wharf, "acme/app", "main", None, json!([{"action": "create", "path": "../x", "content": "x"}]));
+    assert_eq!(escape.status, 400);
+    let bad_branch = wharf.post("/api/v1/repos/acme/app/branches", json!({"name": "a..b"}));
+    assert_eq!((bad_branch.status, bad_branch.error_code()), (400, "invalid_name"));
+    assert_eq!(wharf.get("/api/v1/repos").json["repos"].as_array().unwrap().len(), 1, "nothing was created");
+
+    // A push without a token is refused with a challenge, so git would ask for credentials.
+    let challenge = wharf.get("/acme/app.git/info/refs?service=git-receive-pack");
+    assert_eq!(challenge.status, 401);
+    assert!(challenge.headers.contains_key("www-authenticate"));
+    let work = tempfile::tempdir().unwrap();
+    make_project(work.path());
+    let refused = git(work.path(), &["push", &wharf.clone_url("acme/app"), "main:refs/heads/other"]);
+    assert!(!refused.status.success());
+    assert_eq!(wharf.get("/api/v1/repos/acme/app/branches").json["branches"].as_array().unwrap().len(), 1);
+    assert_eq!(wharf.get("/acme/missing.git/info/refs?service=git-upload-pack").status, 404);
+    assert_eq!(wharf.get("/acme/app.git/info/refs").status, 400, "the dumb protocol is not served");
+}
+
+#[test]
+fn a_truncated_push_leaves_the_repository_as_it_was() {
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(data.path());
+    wharf.create_repo("acme/app");
+    let work = tempfile::tempdir().unwrap();
+    let head = make_project(work.path());
+
+    // A receive-pack request by hand: one ref update, then half of the pack.
+    let pack = std::process::Command::new("git")
+        .args(["pack-objects", "--stdout", "--revs", "-q"])
+        .current_dir(work.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(format!("{head}\n").as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap()
+        .stdout;
+    let command = format!("{} {head} refs/heads/main\0report-status\n", "0".repeat(40));
+    let mut body = format!("{:04x}{command}0000", command.len() + 4).into_bytes();
+    body.extend_from_slice(&pack[..pack.len() / 2]);
+    let answer = wharf.request("POST", "/acme/app.git/git-receive-pack", Some(body), Some(&wharf.token));
+    let report = String::from_utf8_lossy(&answer.bytes);
+    assert!(!report.contains("ok refs/heads/main"), "a broken pack must not update refs: {report}");
+
+    assert_eq!(wharf.get("/api/v1/repos/acme/app/branches").json["branches"], json!([]));
+    assert_eq!(wharf.get("/api/v1/repos/acme/app/events").json["events"], json!([]));
+    // The repository still takes a good push afterwards.
+    git_ok(work.path(), &["push", "-q", &wharf.push_url("acme/app"), "main"]);
+    assert_eq!(branch_tip(&wharf, "acme/app", "main"), head);
+}
+
+#[test]
+fn a_restart_keeps_repositories_branches_events_and_tokens() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let head = make_project(work.path());
+    let token = {
+        let mut wharf = Wharf::start(data.path());
+        wharf.create_repo("acme/keep");
+        git_ok(work.path(), &["push", "-q", &wharf.push_url("acme/keep"), "main"]);
+        assert_eq!(wharf.post("/api/v1/repos/acme/keep/branches", json!({"name": "dev"})).status, 201);
+        wharf.stop();
+        wharf.token.clone()
+    };
+
+    let wharf = Wharf::start(data.path());
+    assert_eq!(wharf.token, token, "the admin token survives a restart");
+    let repos = wharf.get("/api/v1/repos");
+    assert_eq!(repos.json["repos"][0]["name"], "acme/keep");
+    assert_eq!(branch_tip(&wharf, "acme/keep", "dev"), head);
+    assert_eq!(wharf.get("/api/v1/repos/acme/keep/events").json["events"][0]["new"], head);
+
+    let clone = tempfile::tempdir().unwrap();
+    git_ok(clone.path(), &["clone", "-q", &wharf.clone_url("acme/keep"), "copy"]);
+    assert_eq!(files_under(&clone.path().join("copy")), files_under(work.path()));
+    // New writes continue the records: a new repository gets a new id, a push gets event 2.
+    let second = wharf.create_repo("acme/second");
+    assert_ne!(second["id"], repos.json["repos"][0]["id"]);
+    std::fs::write(work.path().join("README.md"), "changed\n").unwrap();
+    git_ok(work.path(), &["commit", "-qam", "again"]);
+    git_ok(work.path(), &["push", "-q", &wharf.push_url("acme/keep"), "main"]);
+    assert_eq!(wharf.get("/api/v1/repos/acme/keep/events?after=1").json["events"][0]["seq"], 2);
+}
