@@ -20,14 +20,10 @@ pub fn wharf_binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/one_node-HASH -> target/debug/wharf
-    let candidate = exe.parent().and_then(Path::parent).expect("target dir").join("wharf");
-    assert!(
-        candidate.exists(),
-        "{} does not exist: build it first (cargo build -p wharf) or set WHARF_BIN",
-        candidate.display()
-    );
-    candidate
+    // A test runs from target/PROFILE/deps/, a benchmark binary from target/PROFILE/.
+    let dirs = [exe.parent(), exe.parent().and_then(Path::parent)];
+    let found = dirs.into_iter().flatten().map(|dir| dir.join("wharf")).find(|candidate| candidate.exists());
+    found.unwrap_or_else(|| panic!("no wharf binary next to {}: build it first (cargo build -p wharf) or set WHARF_BIN", exe.display()))
 }
 
 /// A running `wharf dev`.

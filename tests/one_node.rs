@@ -14,7 +14,8 @@ fn make_project(dir: &Path) -> String {
     std::fs::write(dir.join("README.md"), "# demo\n").unwrap();
     std::fs::write(dir.join("src/main.rs"), "fn main() {}\n").unwrap();
     std::fs::write(dir.join("src/deep/er/mod.rs"), "pub mod x;\n").unwrap();
-    let mut binary = vec![0u8; 300_000];
+    // Over git's 1 MiB post buffer, so the push travels as a chunked request body.
+    let mut binary = vec![0u8; 1_500_000];
     rand::thread_rng().fill_bytes(&mut binary);
     std::fs::write(dir.join("assets/blob.bin"), &binary).unwrap();
     git_ok(dir, &["init", "-q"]);
@@ -44,7 +45,7 @@ fn push_then_clone_gives_back_the_same_bytes_and_records_the_push() {
     assert_eq!(shown.status, 200);
     assert_eq!(shown.json["default_branch"], "main");
     assert_eq!(shown.json["node"], 1);
-    assert!(shown.json["size_bytes"].as_u64().unwrap() > 300_000);
+    assert!(shown.json["size_bytes"].as_u64().unwrap() > 1_500_000);
 
     let events = wharf.get("/api/v1/repos/acme/app/events");
     let events = events.json["events"].as_array().unwrap().clone();
@@ -287,12 +288,15 @@ fn a_truncated_push_leaves_the_repository_as_it_was() {
     let command = format!("{} {head} refs/heads/main\0report-status\n", "0".repeat(40));
     let mut body = format!("{:04x}{command}0000", command.len() + 4).into_bytes();
     body.extend_from_slice(&pack[..pack.len() / 2]);
+    let objects = wharf.data_dir.join("repos").join(format!("{:016x}.git", 1)).join("objects");
+    let files_before = count_files(&objects);
     let answer = wharf.request("POST", "/acme/app.git/git-receive-pack", Some(body), Some(&wharf.token));
     let report = String::from_utf8_lossy(&answer.bytes);
     assert!(!report.contains("ok refs/heads/main"), "a broken pack must not update refs: {report}");
 
     assert_eq!(wharf.get("/api/v1/repos/acme/app/branches").json["branches"], json!([]));
     assert_eq!(wharf.get("/api/v1/repos/acme/app/events").json["events"], json!([]));
+    assert_eq!(count_files(&objects), files_before, "the broken pack left no objects behind");
     // The repository still takes a good push afterwards.
     git_ok(work.path(), &["push", "-q", &wharf.push_url("acme/app"), "main"]);
     assert_eq!(branch_tip(&wharf, "acme/app", "main"), head);
@@ -329,4 +333,153 @@ fn a_restart_keeps_repositories_branches_events_and_tokens() {
     git_ok(work.path(), &["commit", "-qam", "again"]);
     git_ok(work.path(), &["push", "-q", &wharf.push_url("acme/keep"), "main"]);
     assert_eq!(wharf.get("/api/v1/repos/acme/keep/events?after=1").json["events"][0]["seq"], 2);
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A request body that sends `first`, then waits until told to go on, then fails: a client
+/// that stalls in the middle of a push and then goes away.
+struct StallingBody {
+    first: std::io::Cursor<Vec<u8>>,
+    stalled: std::sync::mpsc::Sender<()>,
+    give_up: std::sync::mpsc::Receiver<()>,
+}
+
+impl std::io::Read for StallingBody {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.first.read(buf)?;
+        if n > 0 {
+            return Ok(n);
+        }
+        let _ = self.stalled.send(());
+        let _ = self.give_up.recv();
+        Err(std::io::Error::other("the client went away"))
+    }
+}
+
+#[test]
+fn reads_go_on_during_a_stalled_push_and_a_vanished_pusher_leaves_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(data.path());
+    wharf.create_repo("acme/app");
+    let work = tempfile::tempdir().unwrap();
+    let head = make_project(work.path());
+    git_ok(work.path(), &["push", "-q", &wharf.push_url("acme/app"), "main"]);
+
+    // A second commit with 24 MiB of incompressible data: more than loopback socket buffers
+    // hold, so when the client has handed over the first part, Wharf has read most of it and
+    // git is in the middle of receiving the pack, with the repository's write turn held.
+    let mut big = vec![0u8; 24 << 20];
+    rand::thread_rng().fill_bytes(&mut big);
+    std::fs::write(work.path().join("big.bin"), &big).unwrap();
+    git_ok(work.path(), &["add", "big.bin"]);
+    git_ok(work.path(), &["commit", "-qm", "big"]);
+    let new_head = git_ok(work.path(), &["rev-parse", "HEAD"]).trim().to_owned();
+    let pack = std::process::Command::new("git")
+        .args(["pack-objects", "--stdout", "--revs", "-q"])
+        .current_dir(work.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(format!("{new_head}\n^{head}\n").as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap()
+        .stdout;
+    let command = format!("{head} {new_head} refs/heads/main\0report-status\n");
+    let mut first = format!("{:04x}{command}0000", command.len() + 4).into_bytes();
+    first.extend_from_slice(&pack[..pack.len() - 1024]);
+
+    let (stalled_tx, stalled) = std::sync::mpsc::channel();
+    let (give_up, give_up_rx) = std::sync::mpsc::channel();
+    let body = StallingBody {
+        first: std::io::Cursor::new(first),
+        stalled: stalled_tx,
+        give_up: give_up_rx,
+    };
+    let url = format!("{}/acme/app.git/git-receive-pack", wharf.url);
+    let token = wharf.token.clone();
+    let pusher = std::thread::spawn(move || {
+        reqwest::blocking::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .header("content-type", "application/x-git-receive-pack-request")
+            .body(reqwest::blocking::Body::new(body))
+            .send()
+    });
+    stalled
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the push body was consumed up to the stall");
+
+    // Reads do not wait for the push.
+    assert_eq!(wharf.get("/api/v1/repos/acme/app/tree").status, 200);
+    assert_eq!(wharf.get("/api/v1/repos/acme/app/commits").json["commits"][0]["id"], head);
+    let clone = tempfile::tempdir().unwrap();
+    git_ok(clone.path(), &["clone", "-q", &wharf.clone_url("acme/app"), "copy"]);
+    assert!(!pusher.is_finished(), "the push is still open while the reads were served");
+
+    // The pusher vanishes: nothing of its push remains, and the write turn is free again.
+    give_up.send(()).unwrap();
+    let _ = pusher.join();
+    let objects = wharf.data_dir.join("repos").join(format!("{:016x}.git", 1)).join("objects");
+    wharf_tests::wait_until("the aborted push's quarantine is gone", std::time::Duration::from_secs(60), || {
+        std::fs::read_dir(&objects)
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().starts_with("tmp_objdir"))
+    });
+    assert_eq!(branch_tip(&wharf, "acme/app", "main"), head);
+    assert_eq!(wharf.get("/api/v1/repos/acme/app/events").json["events"].as_array().unwrap().len(), 1);
+    let branch = wharf.post("/api/v1/repos/acme/app/branches", json!({"name": "after"}));
+    assert_eq!(branch.status, 201, "API writes go on after the aborted push: {branch:?}");
+    git_ok(work.path(), &["push", "-q", &wharf.push_url("acme/app"), "main"]);
+    assert_eq!(branch_tip(&wharf, "acme/app", "main"), new_head);
+}
+
+#[test]
+fn a_gzip_compressed_protocol_v2_request_is_understood() {
+    use std::io::Write;
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(data.path());
+    wharf.create_repo("acme/app");
+    let work = tempfile::tempdir().unwrap();
+    let head = make_project(work.path());
+    git_ok(work.path(), &["push", "-q", &wharf.push_url("acme/app"), "main"]);
+
+    let pkt = |s: &str| format!("{:04x}{s}", s.len() + 4);
+    let request = format!("{}0001{}0000", pkt("command=ls-refs\n"), pkt("ref-prefix refs/heads/\n"));
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(request.as_bytes()).unwrap();
+    let body = gzip.finish().unwrap();
+    let response = reqwest::blocking::Client::new()
+        .post(format!("{}/acme/app.git/git-upload-pack", wharf.url))
+        .header("content-type", "application/x-git-upload-pack-request")
+        .header("content-encoding", "gzip")
+        .header("git-protocol", "version=2")
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().unwrap();
+    assert!(text.contains(&format!("{head} refs/heads/main")), "{text}");
+
+    let broken = reqwest::blocking::Client::new()
+        .post(format!("{}/acme/app.git/git-upload-pack", wharf.url))
+        .header("content-encoding", "gzip")
+        .header("git-protocol", "version=2")
+        .body(b"not gzip at all".to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(broken.status(), 400, "a malformed gzip body is a client error");
 }

@@ -85,6 +85,23 @@ impl GitRepo {
         repo
     }
 
+    /// Removes the quarantine directories of pushes that never finished (`git receive-pack`
+    /// keeps a push's objects in `objects/tmp_objdir-incoming-*` until it is accepted).
+    ///
+    /// Only safe while no receive-pack runs on this repository: the caller holds its write
+    /// turn, or no session is open. Returns how many were removed.
+    pub fn remove_quarantines(&self) -> std::io::Result<usize> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(self.path.join("objects"))? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with("tmp_objdir-incoming-") {
+                std::fs::remove_dir_all(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn revision_not_found(&self, rev: &str) -> ApiError {
         ApiError::RevisionNotFound {
             repo: self.name.clone(),

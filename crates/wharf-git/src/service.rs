@@ -43,9 +43,29 @@ pub fn spawn_service(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, so that an abort also stops the index-pack or
+        // unpack-objects that receive-pack runs.
+        .process_group(0)
         .kill_on_drop(true);
     if let Some(protocol) = git_protocol {
         command.env("GIT_PROTOCOL", protocol);
     }
     command.spawn()
+}
+
+/// Kills the process group of a service started by [`spawn_service`]: git and the helpers it
+/// started. Falls back to killing git alone if the group cannot be signalled.
+pub fn kill_service(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let group = format!("-{pid}");
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if killed {
+            return;
+        }
+    }
+    let _ = child.start_kill();
 }

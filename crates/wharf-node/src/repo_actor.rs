@@ -77,7 +77,18 @@ impl Actor for RepoActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let path = node.config.repo_path(id);
         let open_name = name.clone();
-        let git = tokio::task::spawn_blocking(move || GitRepo::open(&path, open_name.to_string())).await??;
+        let git = tokio::task::spawn_blocking(move || {
+            let git = GitRepo::open(&path, open_name.to_string())?;
+            // No session runs before the actor does: any quarantine left is from a push that
+            // a crash interrupted.
+            match git.remove_quarantines() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(repo = %open_name, n, "removed quarantines of interrupted pushes"),
+                Err(error) => tracing::warn!(repo = %open_name, %error, "cannot remove stale quarantines"),
+            }
+            Ok::<_, wharf_proto::ApiError>(git)
+        })
+        .await??;
         let (writes, queue) = mpsc::unbounded_channel();
         tokio::spawn(run_write_queue(queue));
         Ok(RepoState {

@@ -229,9 +229,18 @@ async fn run(
     // Abandoned, aborted or failed: kill git, and if a push got as far as changing refs,
     // record (or undo) that change so no ref moves without its event.
     repo.node.sessions.remove(id);
-    let _ = child.start_kill();
+    wharf_git::service::kill_service(&mut child);
     let _ = child.wait().await;
     if let Some(record) = push {
+        // The write turn is still held (by `record`), so no other receive-pack is using
+        // a quarantine of this repository.
+        let git = repo.git.clone();
+        match tokio::task::spawn_blocking(move || git.remove_quarantines()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(session = %id, repo = %repo.name, n, "removed the quarantine of an aborted push"),
+            Ok(Err(error)) => tracing::warn!(session = %id, repo = %repo.name, %error, "cannot remove an aborted push's quarantine"),
+            Err(error) => tracing::warn!(session = %id, %error, "quarantine cleanup task failed"),
+        }
         if let Err(error) = record_or_undo(&repo, record).await {
             tracing::error!(session = %id, repo = %repo.name, %error, "aborted push not recorded");
         }
