@@ -150,6 +150,46 @@ impl Wharf {
         }
     }
 
+    /// Sends only the head of a request (no body) over a raw connection and reads the
+    /// answer: how a client learns that a body it announced is refused before sending it.
+    pub fn head_only(&self, head: &str) -> Answer {
+        use std::io::{Read, Write};
+        let host = self.url.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(host).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+        stream.write_all(head.as_bytes()).expect("send head");
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 4096];
+        let (header_end, length) = loop {
+            let n = stream.read(&mut buffer).expect("read answer");
+            assert!(n > 0, "connection closed before a full answer: {}", String::from_utf8_lossy(&received));
+            received.extend_from_slice(&buffer[..n]);
+            if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&received[..end]).to_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                break (end + 4, length);
+            }
+        };
+        while received.len() < header_end + length {
+            let n = stream.read(&mut buffer).expect("read body");
+            assert!(n > 0, "connection closed in the middle of the answer");
+            received.extend_from_slice(&buffer[..n]);
+        }
+        let head = String::from_utf8_lossy(&received[..header_end]).into_owned();
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line");
+        let bytes = received[header_end..header_end + length].to_vec();
+        Answer {
+            status,
+            json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            bytes,
+            headers: reqwest::header::HeaderMap::new(),
+        }
+    }
+
     /// GET without a token.
     pub fn get(&self, path: &str) -> Answer {
         self.request("GET", path, None, None)

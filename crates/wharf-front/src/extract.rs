@@ -53,12 +53,19 @@ fn serde_urlencoded_from_query<T: DeserializeOwned>(query: &str) -> Result<T, Ht
 
 async fn read_body(request: Request, state: &Shared) -> Result<Bytes, HttpError> {
     let limit = state.config.max_api_body_bytes;
+    let too_large = || {
+        HttpError(ApiError::TooLarge {
+            what: "the request body".into(),
+            limit: limit as u64,
+        })
+    };
+    // An announced length over the limit is refused before a byte of the body is read.
+    if announced_length(request.headers()).is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
     Bytes::from_request(request, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            HttpError(ApiError::TooLarge {
-                what: "the request body".into(),
-                limit: limit as u64,
-            })
+            too_large()
         } else {
             HttpError(ApiError::invalid(format!(
                 "could not read the request body: {}",
@@ -71,4 +78,14 @@ async fn read_body(request: Request, state: &Shared) -> Result<Bytes, HttpError>
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HttpError> {
     serde_json::from_slice(bytes)
         .map_err(|error| HttpError(ApiError::invalid(format!("malformed JSON body: {error}"))))
+}
+
+/// The `Content-Length` of a request, if it has a valid one.
+pub(crate) fn announced_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }

@@ -154,6 +154,12 @@ async fn serve(
                 GitService::UploadPack => state.config.max_fetch_request_bytes,
                 GitService::ReceivePack => state.config.max_push_bytes,
             };
+            if crate::extract::announced_length(request.headers()).is_some_and(|length| length > limit) {
+                return Err(ApiError::TooLarge {
+                    what: "the git request body".into(),
+                    limit,
+                });
+            }
             let gzip = request
                 .headers()
                 .get(header::CONTENT_ENCODING)
