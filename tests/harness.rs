@@ -6,13 +6,16 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+
+#[path = "harness/cluster.rs"]
+pub mod cluster;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 /// How long a node gets to start or stop.
-const START_DEADLINE: Duration = Duration::from_secs(90);
+pub const START_DEADLINE: Duration = Duration::from_secs(90);
 
 /// The `wharf` binary: `$WHARF_BIN`, or the one cargo built next to this test.
 pub fn wharf_binary() -> PathBuf {
@@ -26,9 +29,118 @@ pub fn wharf_binary() -> PathBuf {
     found.unwrap_or_else(|| panic!("no wharf binary next to {}: build it first (cargo build -p wharf) or set WHARF_BIN", exe.display()))
 }
 
-/// A running `wharf dev`.
-pub struct Wharf {
+/// A running `wharf` process whose standard output is read line by line.
+pub struct Process {
     child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    /// What it is, for messages.
+    pub name: String,
+}
+
+impl Process {
+    /// Starts `wharf ARGS` (logging at `warn` unless `WHARF_LOG` says otherwise).
+    pub fn spawn(name: &str, args: &[String]) -> Process {
+        let mut child = Command::new(wharf_binary())
+            .args(args)
+            .env("WHARF_LOG", std::env::var("WHARF_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wharf");
+        let (sender, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let to_stdout = sender.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = to_stdout.send(line);
+            }
+        });
+        let label = name.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Shown in the test's output, and searchable by the test.
+                eprintln!("[{label}] {line}");
+                let _ = sender.send(line);
+            }
+        });
+        Process {
+            child: Some(child),
+            lines,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Waits for an output line starting with `prefix` and returns the rest of it.
+    pub fn wait_for_line(&mut self, prefix: &str, deadline: Duration) -> String {
+        self.try_wait_for_line(prefix, deadline)
+            .unwrap_or_else(|| panic!("{} did not print {prefix:?} within {deadline:?}", self.name))
+    }
+
+    /// Like [`Process::wait_for_line`], but `None` if the line did not come.
+    pub fn try_wait_for_line(&mut self, prefix: &str, deadline: Duration) -> Option<String> {
+        let end = Instant::now() + deadline;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return Some(rest.trim().to_owned());
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits for the process to exit by itself; its status.
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{} did not exit within {deadline:?}", self.name);
+    }
+
+    /// Kills it with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops it with SIGTERM and checks that it exits cleanly.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + START_DEADLINE;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                assert!(status.success(), "{} exited with {status} on SIGTERM", self.name);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("{} did not stop within {START_DEADLINE:?} of SIGTERM", self.name);
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running `wharf dev`, or the front of a cluster: an HTTP endpoint and its admin token.
+pub struct Wharf {
+    process: Option<Process>,
     /// The front's base URL (`http://127.0.0.1:PORT`).
     pub url: String,
     /// The admin token.
@@ -61,42 +173,22 @@ impl Answer {
 impl Wharf {
     /// Starts `wharf dev` on a free port with its data in `data_dir`.
     pub fn start(data_dir: &Path) -> Wharf {
-        let mut child = Command::new(wharf_binary())
-            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("WHARF_LOG", std::env::var("WHARF_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start wharf");
-        let stdout = child.stdout.take().expect("stdout");
-        let (lines, url_line) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = lines.send(line);
-            }
-        });
-        let deadline = Instant::now() + START_DEADLINE;
-        let url = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match url_line.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(url) = line.strip_prefix("wharf: serving on ") {
-                        break url.trim().to_owned();
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("wharf did not say where it serves within {START_DEADLINE:?}");
-                }
-            }
-        };
+        let args = ["dev", "--listen", "127.0.0.1:0", "--data-dir"].map(String::from);
+        let mut args = args.to_vec();
+        args.push(data_dir.display().to_string());
+        let mut process = Process::spawn("dev", &args);
+        let url = process.wait_for_line("wharf: serving on ", START_DEADLINE);
         let token = std::fs::read_to_string(data_dir.join("admin-token"))
             .expect("admin-token written")
             .trim()
             .to_owned();
+        Wharf::ready(process, url, token, data_dir)
+    }
+
+    /// Wraps a front that printed its URL, once `/healthz` answers.
+    pub fn ready(process: Process, url: String, token: String, data_dir: &Path) -> Wharf {
         let wharf = Wharf {
-            child: Some(child),
+            process: Some(process),
             url,
             token,
             data_dir: data_dir.to_owned(),
@@ -113,18 +205,9 @@ impl Wharf {
 
     /// Stops the process with SIGTERM and waits for it to exit.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let deadline = Instant::now() + START_DEADLINE;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                assert!(status.success(), "wharf exited with {status} on SIGTERM");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(mut process) = self.process.take() {
+            process.stop();
         }
-        let _ = child.kill();
-        panic!("wharf did not stop within {START_DEADLINE:?} of SIGTERM");
     }
 
     /// Sends a request; `token` adds `Authorization: Bearer`.
@@ -224,14 +307,6 @@ impl Wharf {
     }
 }
 
-impl Drop for Wharf {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// Polls `condition` until it holds, or panics naming `what` after `deadline`.
 pub fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {

@@ -25,6 +25,7 @@ use serde::Serialize;
 use wharf_proto::{Directory, NodeId};
 
 pub use command::{hash_token, Command, CommandOutcome, CommandResult, RefUpdate, State};
+pub use network::{RaftTransport, TransportFuture};
 
 openraft::declare_raft_types!(
     /// Wharf's Raft types: commands in, command results out, nodes known by address.
@@ -32,6 +33,9 @@ openraft::declare_raft_types!(
         D = Command,
         R = CommandResult,
 );
+
+/// How long a write waits for a leader to exist and accept it.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Raft timers. The defaults are raised well above openraft's (50 ms heartbeat, 150–300 ms
 /// election) because a loaded two-core machine with millisecond fsync tails makes those flap.
@@ -76,6 +80,15 @@ pub enum MetaError {
     Timeout(String),
 }
 
+/// Why a leader did not take a forwarded write.
+#[derive(Serialize, serde::Deserialize)]
+enum ForwardRefusal {
+    /// It does not lead (any more): the write was not applied.
+    NotLeader,
+    /// It failed; the write may or may not have been applied.
+    Failed(String),
+}
+
 /// What [`Meta::status`] reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct MetaStatus {
@@ -89,6 +102,10 @@ pub struct MetaStatus {
     pub last_applied: Option<u64>,
     /// The voters.
     pub voters: Vec<u64>,
+    /// The learners (members that replicate the log without a vote: new nodes, fronts).
+    pub learners: Vec<u64>,
+    /// Every member's cluster address.
+    pub addresses: BTreeMap<u64, String>,
 }
 
 /// The metadata store of one node. Clones share it.
@@ -99,6 +116,7 @@ pub struct Meta {
 
 struct Inner {
     raft: Raft<TypeConfig>,
+    transport: Option<Arc<dyn RaftTransport>>,
     state: Arc<command::SharedState>,
     db: sled::Db,
     node_id: NodeId,
@@ -106,8 +124,15 @@ struct Inner {
 }
 
 impl Meta {
-    /// Opens (or creates) the store in `dir` and starts this node's Raft.
-    pub async fn open(dir: &Path, node_id: NodeId, addr: String, config: MetaConfig) -> Result<Meta, MetaError> {
+    /// Opens (or creates) the store in `dir` and starts this node's Raft. `transport` reaches
+    /// the other members; `None` for a group that will only ever have this node.
+    pub async fn open(
+        dir: &Path,
+        node_id: NodeId,
+        addr: String,
+        config: MetaConfig,
+        transport: Option<Arc<dyn RaftTransport>>,
+    ) -> Result<Meta, MetaError> {
         let path = dir.to_owned();
         let db = tokio::task::spawn_blocking(move || sled::open(path))
             .await
@@ -125,12 +150,16 @@ impl Meta {
         }
         .validate()
         .map_err(|e| MetaError::Raft(e.to_string()))?;
-        let raft = Raft::new(node_id.0, Arc::new(raft_config), network::Network, log_store, state_machine)
+        let network = network::Network {
+            transport: transport.clone(),
+        };
+        let raft = Raft::new(node_id.0, Arc::new(raft_config), network, log_store, state_machine)
             .await
             .map_err(|e| MetaError::Raft(e.to_string()))?;
         Ok(Meta {
             inner: Arc::new(Inner {
                 raft,
+                transport,
                 state,
                 db,
                 node_id,
@@ -144,14 +173,8 @@ impl Meta {
     pub async fn bootstrap_single(&self) -> Result<(), MetaError> {
         let raft = &self.inner.raft;
         let id = self.inner.node_id.0;
-        if !raft.is_initialized().await.map_err(|e| MetaError::Raft(e.to_string()))? {
-            let members = BTreeMap::from([(
-                id,
-                BasicNode {
-                    addr: self.inner.addr.clone(),
-                },
-            )]);
-            raft.initialize(members).await.map_err(|e| MetaError::Raft(e.to_string()))?;
+        if !self.is_initialized().await? {
+            self.initialize_single().await?;
         }
         let deadline = Some(Duration::from_secs(60));
         let metrics = raft
@@ -166,18 +189,141 @@ impl Meta {
         Ok(())
     }
 
-    /// Proposes `command`; returns the state machine's answer once it is committed and
-    /// applied.
+    /// Whether this node has ever been part of a Raft group (initialized or joined).
+    pub async fn is_initialized(&self) -> Result<bool, MetaError> {
+        self.inner.raft.is_initialized().await.map_err(|e| MetaError::Raft(e.to_string()))
+    }
+
+    /// Starts a new group with this node as its only voter. Call once in a cluster's life.
+    pub async fn initialize_single(&self) -> Result<(), MetaError> {
+        let members = BTreeMap::from([(
+            self.inner.node_id.0,
+            BasicNode {
+                addr: self.inner.addr.clone(),
+            },
+        )]);
+        self.inner.raft.initialize(members).await.map_err(|e| MetaError::Raft(e.to_string()))
+    }
+
+    /// Adds node `id` at `addr` as a learner, waiting until it has caught up, then, if
+    /// `voter`, makes it a voter. Only the leader can; others answer [`MetaError::NotLeader`].
+    pub async fn add_member(&self, id: u64, addr: String, voter: bool) -> Result<(), MetaError> {
+        let raft = &self.inner.raft;
+        let known = self.status();
+        if !known.voters.contains(&id) && !known.learners.contains(&id) {
+            raft.add_learner(id, BasicNode { addr }, true)
+                .await
+                .map_err(|e| write_error(e))?;
+        }
+        if voter && !self.status().voters.contains(&id) {
+            raft.change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), true)
+                .await
+                .map_err(|e| write_error(e))?;
+        }
+        Ok(())
+    }
+
+    /// Answers a Raft RPC that a peer sent through its [`RaftTransport`].
+    pub async fn handle_rpc(&self, payload: &[u8]) -> Vec<u8> {
+        let raft = &self.inner.raft;
+        let rpc: network::RaftRpc = match serde_json::from_slice(payload) {
+            Ok(rpc) => rpc,
+            // The sender cannot decode an empty answer and treats the peer as unreachable.
+            Err(error) => {
+                tracing::warn!(%error, "undecodable raft rpc");
+                return Vec::new();
+            }
+        };
+        let encoded = match rpc {
+            network::RaftRpc::AppendEntries(rpc) => serde_json::to_vec(&raft.append_entries(rpc).await),
+            network::RaftRpc::InstallSnapshot(rpc) => serde_json::to_vec(&raft.install_snapshot(rpc).await),
+            network::RaftRpc::Vote(rpc) => serde_json::to_vec(&raft.vote(rpc).await),
+        };
+        encoded.unwrap_or_default()
+    }
+
+    /// Waits until the applied state satisfies `condition`, for at most `timeout`.
+    pub async fn wait_for_state(
+        &self,
+        timeout: Duration,
+        what: &str,
+        condition: impl Fn(&dyn Directory) -> bool,
+    ) -> Result<(), MetaError> {
+        let mut metrics = self.inner.raft.metrics();
+        let directory = self.directory();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if condition(directory.as_ref()) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
+                return Err(MetaError::Timeout(what.to_owned()));
+            }
+        }
+    }
+
+    /// Proposes `command` through the leader, wherever it is, and returns the state
+    /// machine's answer once the command is committed and applied.
+    ///
+    /// On a member that does not lead, the command is forwarded to the leader over the
+    /// transport. While no leader is known (an election), it waits up to [`WRITE_TIMEOUT`].
     pub async fn write(&self, command: Command) -> Result<CommandResult, MetaError> {
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        loop {
+            let result = match self.write_here(command.clone()).await {
+                Err(MetaError::NotLeader { leader: Some(leader) }) if leader != self.inner.node_id.0 => {
+                    self.forward_write(leader, &command).await
+                }
+                other => other,
+            };
+            match result {
+                // Only a write known not to have been applied is retried: a lost answer
+                // might hide an applied one.
+                Err(error @ MetaError::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(%error, "metadata write not placed yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Proposes `command` to this node's Raft, which must lead.
+    async fn write_here(&self, command: Command) -> Result<CommandResult, MetaError> {
         match self.inner.raft.client_write(command).await {
             Ok(response) => Ok(response.data),
-            Err(error) => match error.forward_to_leader::<BasicNode>() {
-                Some(forward) => Err(MetaError::NotLeader {
-                    leader: forward.leader_id,
-                }),
-                None => Err(MetaError::Raft(error.to_string())),
-            },
+            Err(error) => Err(write_error(error)),
         }
+    }
+
+    async fn forward_write(&self, leader: u64, command: &Command) -> Result<CommandResult, MetaError> {
+        let Some(transport) = &self.inner.transport else {
+            return Err(MetaError::NotLeader { leader: Some(leader) });
+        };
+        let payload = serde_json::to_vec(command).map_err(|e| MetaError::Raft(e.to_string()))?;
+        let answer = transport
+            .forward(leader, payload)
+            .await
+            .map_err(|reason| MetaError::Raft(format!("forwarding to leader {leader}: {reason}")))?;
+        let answer: Result<CommandResult, ForwardRefusal> =
+            serde_json::from_slice(&answer).map_err(|e| MetaError::Raft(format!("undecodable answer from the leader: {e}")))?;
+        answer.map_err(|refusal| match refusal {
+            // It stopped leading before it took the write: worth a retry.
+            ForwardRefusal::NotLeader => MetaError::NotLeader { leader: None },
+            ForwardRefusal::Failed(reason) => MetaError::Raft(format!("leader {leader}: {reason}")),
+        })
+    }
+
+    /// Answers a write forwarded by another member (see [`RaftTransport::forward`]).
+    pub async fn handle_forwarded_write(&self, payload: &[u8]) -> Vec<u8> {
+        let answer: Result<CommandResult, ForwardRefusal> = match serde_json::from_slice::<Command>(payload) {
+            Ok(command) => self.write_here(command).await.map_err(|error| match error {
+                MetaError::NotLeader { .. } => ForwardRefusal::NotLeader,
+                other => ForwardRefusal::Failed(other.to_string()),
+            }),
+            Err(error) => Err(ForwardRefusal::Failed(format!("undecodable forwarded write: {error}"))),
+        };
+        serde_json::to_vec(&answer).unwrap_or_default()
     }
 
     /// The applied state, read locally.
@@ -199,6 +345,13 @@ impl Meta {
             term: metrics.current_term,
             last_applied: metrics.last_applied.map(|id| id.index),
             voters: metrics.membership_config.membership().voter_ids().collect(),
+            learners: metrics.membership_config.membership().learner_ids().collect(),
+            addresses: metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, node)| (*id, node.addr.clone()))
+                .collect(),
         }
     }
 
@@ -211,6 +364,35 @@ impl Meta {
             .map_err(|e| MetaError::Storage(e.to_string()))?
             .map_err(|e| MetaError::Storage(e.to_string()))?;
         Ok(())
+    }
+}
+
+impl MetaError {
+    /// The error as an API caller sees it: a metadata store without a reachable leader is
+    /// unavailable for a moment (503, retry); anything else is internal.
+    pub fn into_api(self, what: &str) -> wharf_proto::ApiError {
+        match self {
+            MetaError::NotLeader { .. } | MetaError::Timeout(_) | MetaError::Raft(_) => {
+                wharf_proto::ApiError::Unavailable {
+                    what: "the metadata store".into(),
+                    reason: format!("{what}: {self}"),
+                    retry_after_secs: 2,
+                }
+            }
+            MetaError::Storage(_) => wharf_proto::ApiError::internal(what, self),
+        }
+    }
+}
+
+/// A failed write or membership change: [`MetaError::NotLeader`] when another node leads.
+fn write_error(
+    error: openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, BasicNode>>,
+) -> MetaError {
+    match error.forward_to_leader::<BasicNode>() {
+        Some(forward) => MetaError::NotLeader {
+            leader: forward.leader_id,
+        },
+        None => MetaError::Raft(error.to_string()),
     }
 }
 

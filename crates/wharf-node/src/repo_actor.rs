@@ -259,7 +259,7 @@ async fn delete(repo: &RepoContext) -> Result<NodeReply, ApiError> {
     match repo.node.meta.write(command).await {
         Ok(Ok(_)) => {}
         Ok(Err(error)) => return Err(error),
-        Err(error) => return Err(ApiError::internal("delete repository record", error)),
+        Err(error) => return Err(error.into_api("delete repository record")),
     }
     let path = repo.git.path().to_owned();
     let trash: PathBuf = path.with_extension("deleted");

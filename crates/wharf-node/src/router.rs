@@ -125,7 +125,7 @@ async fn create(node: &NodeContext, name: RepoName) -> Result<NodeReply, ApiErro
             return Err(ApiError::internal("create repository", format!("unexpected outcome {other:?}")))
         }
         Ok(Err(error)) => return Err(error),
-        Err(error) => return Err(ApiError::internal("create repository record", error)),
+        Err(error) => return Err(error.into_api("create repository record")),
     };
     let path = node.config.repo_path(record.id);
     let init_name = name.clone();

@@ -2,9 +2,12 @@
 //!
 //! - `wharf dev` runs a whole one-node Wharf in this process: the metadata Raft group (one
 //!   voter), a storage node with its repository actors, and the HTTP front.
+//! - `wharf node` and `wharf front` are the processes of a cluster.
 //! - `wharf repo …` and `wharf branch …` are a small client of the HTTP API.
 
+mod bootstrap;
 mod client;
+mod cluster;
 mod dev;
 
 use std::net::SocketAddr;
@@ -29,6 +32,16 @@ enum Command {
         /// The HTTP address to serve on (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+    },
+    /// Run a storage node of a cluster (the first one starts the cluster; others --join it).
+    Node {
+        #[command(flatten)]
+        args: cluster::ProcessArgs,
+    },
+    /// Run an HTTP front of a cluster: it routes every request to the owning node.
+    Front {
+        #[command(flatten)]
+        args: cluster::ProcessArgs,
     },
     /// Manage repositories through the API.
     Repo {
@@ -65,6 +78,8 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Dev { data_dir, listen } => dev::run(data_dir, listen).await,
+            Command::Node { args } => cluster::run_node(args).await,
+            Command::Front { args } => cluster::run_front(args).await,
             Command::Repo { server, command } => client::repo(server, command).await,
             Command::Branch { server, command } => client::branch(server, command).await,
         }

@@ -1,0 +1,205 @@
+//! How Wharf processes find each other and keep one Raft group.
+//!
+//! - [`Cluster::start`] runs this process's `ractor_cluster` node server (cookie-authenticated,
+//!   full mesh) and [`Cluster::connect`] dials a peer; the rest of the mesh follows.
+//! - [`Cluster::serve_raft`] spawns this process's Raft endpoint: one remotable actor in the
+//!   process group `wharf.raft.{id}`, apart from the node's request router so that request
+//!   traffic never sits in front of heartbeats. [`Cluster::transport`] is the
+//!   [`RaftTransport`] that reaches the other members' endpoints.
+//! - [`Cluster::join`] asks the current leader (through any member) to take this process in:
+//!   as a learner that catches up, then, for a storage node while the group has fewer than
+//!   three voters (five in clusters of five or more nodes), as a voter.
+//!
+//! This crate owns connectivity and membership; it does not route requests (the front does)
+//! or hold repositories (the node does).
+
+mod endpoint;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use ractor_cluster::{NodeServer, NodeServerMessage};
+use serde::{Deserialize, Serialize};
+use wharf_meta::{Meta, RaftTransport};
+use wharf_proto::{NodeId, NodeRecord};
+
+pub use endpoint::{raft_group, ActorTransport, RaftMessage};
+
+/// How long one Raft RPC may take before the peer counts as unreachable.
+pub const RAFT_RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why joining or connecting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The node server could not start.
+    #[error("cannot start the cluster listener on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// A peer could not be dialled.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The peer's cluster address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// No member became reachable in time.
+    #[error(
+        "no cluster member answered within {0:?}: check the --join address and that every process \
+         uses the same cookie (--cookie or WHARF_COOKIE); a wrong cookie is refused"
+    )]
+    NoPeer(Duration),
+    /// The leader refused or failed to add this process.
+    #[error("joining the cluster failed: {0}")]
+    Join(String),
+}
+
+/// What a process asks for when it joins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Its Raft id.
+    pub id: u64,
+    /// Its cluster address.
+    pub addr: String,
+    /// Its record, for a storage node; `None` for a front, which only follows the log.
+    pub storage: Option<NodeRecord>,
+}
+
+/// This process's place in the cluster.
+pub struct Cluster {
+    id: NodeId,
+    server: ActorRef<NodeServerMessage>,
+    endpoint: Option<ActorRef<RaftMessage>>,
+}
+
+impl Cluster {
+    /// Starts listening for peers on `listen`, admitting only those with `cookie`.
+    pub async fn start(id: NodeId, listen: SocketAddr, cookie: String) -> Result<Cluster, ClusterError> {
+        let server = NodeServer::new(
+            listen.port(),
+            cookie,
+            format!("wharf-{id}"),
+            listen.ip().to_string(),
+            None,
+            Some(ractor_cluster::node::NodeConnectionMode::Transitive),
+        );
+        let (server, _) = Actor::spawn(None, server, ())
+            .await
+            .map_err(|e| ClusterError::Listen {
+                addr: listen,
+                reason: e.to_string(),
+            })?;
+        Ok(Cluster {
+            id,
+            server,
+            endpoint: None,
+        })
+    }
+
+    /// Dials the peer at `addr`. Returns once the TCP connection is up; the handshake (and
+    /// the cookie check) completes afterwards, see [`Cluster::wait_for_peer`].
+    pub async fn connect(&self, addr: &str) -> Result<(), ClusterError> {
+        ractor_cluster::client_connect(&self.server, addr)
+            .await
+            .map_err(|e| ClusterError::Connect {
+                addr: addr.to_owned(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The transport openraft uses to reach the other members.
+    pub fn transport(&self) -> Arc<dyn RaftTransport> {
+        Arc::new(ActorTransport {
+            timeout: RAFT_RPC_TIMEOUT,
+        })
+    }
+
+    /// Serves Raft RPCs and join requests for `meta`.
+    pub async fn serve_raft(&mut self, meta: Meta) -> Result<(), ClusterError> {
+        let endpoint = endpoint::spawn(self.id, meta).await.map_err(|e| ClusterError::Listen {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            reason: format!("cannot spawn the raft endpoint: {e}"),
+        })?;
+        self.endpoint = Some(endpoint);
+        Ok(())
+    }
+
+    /// Waits until the Raft endpoint of some other member is reachable: the handshake is done
+    /// and the process groups are synchronised.
+    pub async fn wait_for_peer(&self, timeout: Duration) -> Result<(), ClusterError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if endpoint::any_peer_endpoint(self.id).is_some() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(ClusterError::NoPeer(timeout))
+    }
+
+    /// Asks the leader, through any member, to take this process in; retries until `timeout`
+    /// (a leader may be being elected).
+    pub async fn join(&self, request: &JoinRequest, timeout: Duration) -> Result<(), ClusterError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last_error = String::from("no member reachable");
+        while tokio::time::Instant::now() < deadline {
+            if let Some(peer) = endpoint::any_peer_endpoint(self.id) {
+                match endpoint::send_join(&peer, request).await {
+                    Ok(()) => return Ok(()),
+                    Err(error) => {
+                        tracing::info!(%error, "join not done yet; retrying");
+                        last_error = error;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(ClusterError::Join(last_error))
+    }
+
+    /// Keeps a connection to every member `meta` knows, redialling any that is missing every
+    /// couple of seconds. ractor_cluster does not reconnect by itself, and two processes that
+    /// dial each other at once can both drop the duplicate; this loop heals both.
+    pub fn keep_connected(&self, meta: Meta, own_addr: String) {
+        let server = self.server.clone();
+        // Different processes check at different moments, so they rarely dial each other at once.
+        let period = Duration::from_millis(1500 + 137 * (self.id.0 % 8));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Ok(sessions) = ractor::call_t!(server, NodeServerMessage::GetSessions, 2_000) else {
+                    if server.get_status() != ractor::ActorStatus::Running {
+                        return;
+                    }
+                    continue;
+                };
+                let connected: Vec<String> = sessions
+                    .values()
+                    .filter_map(|session| session.peer_name.as_ref().map(|name| name.connection_string.clone()))
+                    .collect();
+                for addr in meta.status().addresses.into_values() {
+                    if addr != own_addr && !connected.contains(&addr) {
+                        tracing::info!(%addr, "member not connected; dialling");
+                        if let Err(error) = ractor_cluster::client_connect(&server, addr.as_str()).await {
+                            tracing::debug!(%addr, %error, "dial failed");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Stops the Raft endpoint and the node server.
+    pub fn shutdown(self) {
+        if let Some(endpoint) = self.endpoint {
+            endpoint.stop(None);
+        }
+        self.server.stop(None);
+    }
+}

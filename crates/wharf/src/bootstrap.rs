@@ -1,0 +1,85 @@
+//! Start-up steps shared by `wharf dev` and `wharf node`: recording the node, the admin
+//! token, and waiting for a stop signal.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use rand::RngCore;
+use wharf_meta::{hash_token, Command, Meta};
+use wharf_proto::{NodeRecord, Principal};
+
+/// Records this node as a member, once.
+pub async fn register_node(meta: &Meta, record: NodeRecord) -> anyhow::Result<()> {
+    if meta.directory().nodes().iter().any(|n| n.id == record.id) {
+        return Ok(());
+    }
+    match meta.write(Command::AddNode { record }).await? {
+        Ok(_) => Ok(()),
+        Err(error) => bail!("cannot register the node: {error}"),
+    }
+}
+
+/// The admin token: created on first start (only its hash goes to the metadata store) and
+/// written to `DATA_DIR/admin-token`, readable by the owner only.
+pub async fn admin_token(meta: &Meta, data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("admin-token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        let token = token.trim().to_owned();
+        if meta.directory().authenticate(&token).is_some() {
+            return Ok(token);
+        }
+    }
+    let mut bytes = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let token = format!("wharf_{}", hex(&bytes));
+    let command = Command::AddToken {
+        token_hash: hash_token(&token),
+        principal: Principal {
+            user: "admin".into(),
+            admin: true,
+        },
+    };
+    if let Err(error) = meta.write(command).await? {
+        bail!("cannot record the admin token: {error}");
+    }
+    write_private(&path, &token).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(token)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = path.with_extension(format!(
+        "tmp{}",
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    ));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)?;
+    file.write_all(content.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}
+
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(_) => {
+            let _ = interrupt.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,213 @@
+//! `wharf node` and `wharf front`: the processes of a cluster.
+//!
+//! Both connect to the mesh, serve Raft, and either start a new group (the first node, which
+//! has nothing to `--join`) or join an existing one through any member. A storage node then
+//! runs its repository actors; a front follows the Raft log as a learner (so it routes from a
+//! local copy of the applied state) and serves HTTP.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Deserialize;
+use wharf_cluster::{Cluster, JoinRequest};
+use wharf_front::FrontConfig;
+use wharf_meta::{Meta, MetaConfig};
+use wharf_node::{NodeConfig, StorageNode};
+use wharf_proto::{NodeId, NodeRecord, NodeState};
+
+use crate::bootstrap::{admin_token, register_node, shutdown_signal};
+
+/// How long a process waits for the cluster while starting.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Settings of a node or front: from `--config FILE` (TOML), overridden by flags and `WHARF_*`
+/// variables.
+#[derive(Args, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessArgs {
+    /// A TOML file with any of the settings below (flags win).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// This process's id: unique in the cluster, also its Raft id.
+    #[arg(long, env = "WHARF_ID")]
+    id: Option<u64>,
+    /// Where its metadata (and, for a node, its repositories) live.
+    #[arg(long, env = "WHARF_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Its cluster address (`host:port`), where peers connect.
+    #[arg(long, env = "WHARF_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// The shared secret every member of the cluster presents.
+    #[arg(long, env = "WHARF_COOKIE", hide_env_values = true)]
+    cookie: Option<String>,
+    /// A running member's cluster address; none to start a new cluster.
+    #[arg(long)]
+    #[serde(default)]
+    join: Vec<String>,
+    /// A node's relative share of repositories (100 = the usual share).
+    #[arg(long)]
+    weight: Option<u32>,
+    /// A front's HTTP address.
+    #[arg(long, env = "WHARF_HTTP")]
+    http: Option<SocketAddr>,
+}
+
+/// The settings once file, flags and defaults are merged.
+struct Settings {
+    id: NodeId,
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    cookie: String,
+    join: Vec<String>,
+    weight: u32,
+    http: SocketAddr,
+}
+
+impl ProcessArgs {
+    fn resolve(self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                toml::from_str::<ProcessArgs>(&text).with_context(|| format!("{} is not a valid config", path.display()))?
+            }
+            None => ProcessArgs::default(),
+        };
+        let Some(id) = self.id.or(file.id) else {
+            bail!("every process needs an id: pass --id N or set id in the config file");
+        };
+        let Some(cookie) = self.cookie.or(file.cookie) else {
+            bail!("every process needs the cluster's cookie: pass --cookie, set WHARF_COOKIE, or set cookie in the config file");
+        };
+        Ok(Settings {
+            id: NodeId(id),
+            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(format!("./wharf-data-{id}"))),
+            listen: self.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7100 + id as u16))),
+            cookie,
+            join: if self.join.is_empty() { file.join } else { self.join },
+            weight: self.weight.or(file.weight).unwrap_or(100),
+            http: self.http.or(file.http).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+        })
+    }
+}
+
+/// Connects, opens the metadata store and serves Raft. Returns the cluster handle and store.
+async fn connect(settings: &Settings) -> anyhow::Result<(Cluster, Meta)> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
+    let mut cluster = Cluster::start(settings.id, settings.listen, settings.cookie.clone()).await?;
+    let meta = Meta::open(
+        &settings.data_dir.join("meta"),
+        settings.id,
+        settings.listen.to_string(),
+        MetaConfig::default(),
+        Some(cluster.transport()),
+    )
+    .await
+    .context("cannot open the metadata store")?;
+    cluster.serve_raft(meta.clone()).await?;
+    // Peers from the command line, and every member known from before a restart.
+    let mut peers = settings.join.clone();
+    peers.extend(meta.status().addresses.into_values());
+    peers.sort();
+    peers.dedup();
+    for peer in peers.iter().filter(|p| **p != settings.listen.to_string()) {
+        if let Err(error) = cluster.connect(peer).await {
+            tracing::warn!(%error, "peer not reachable now");
+        }
+    }
+    cluster.keep_connected(meta.clone(), settings.listen.to_string());
+    Ok((cluster, meta))
+}
+
+/// Joins the group through a member, unless this process is a member already.
+async fn join_if_new(cluster: &Cluster, meta: &Meta, settings: &Settings, storage: Option<NodeRecord>) -> anyhow::Result<()> {
+    if meta.is_initialized().await? {
+        return Ok(());
+    }
+    cluster.wait_for_peer(START_TIMEOUT).await?;
+    let request = JoinRequest {
+        id: settings.id.0,
+        addr: settings.listen.to_string(),
+        storage,
+    };
+    cluster.join(&request, START_TIMEOUT * 2).await?;
+    Ok(())
+}
+
+/// `wharf node`: a storage node.
+pub async fn run_node(args: ProcessArgs) -> anyhow::Result<()> {
+    let settings = args.resolve()?;
+    let (cluster, meta) = connect(&settings).await?;
+    let record = NodeRecord {
+        id: settings.id,
+        addr: settings.listen.to_string(),
+        state: NodeState::Active,
+        weight: settings.weight,
+    };
+    let first = settings.join.is_empty() && !meta.is_initialized().await?;
+    if first {
+        meta.bootstrap_single().await.context("cannot start the metadata Raft group")?;
+        register_node(&meta, record).await?;
+        let token = admin_token(&meta, &settings.data_dir).await?;
+        println!("wharf: new cluster; admin token {token} (also in {})", settings.data_dir.join("admin-token").display());
+    } else {
+        join_if_new(&cluster, &meta, &settings, Some(record)).await?;
+    }
+    let id = settings.id;
+    meta.wait_for_state(START_TIMEOUT, "this node's record", |d| d.nodes().iter().any(|n| n.id == id))
+        .await
+        .context("this node's record did not arrive")?;
+    let node = StorageNode::start(NodeConfig::new(settings.id, settings.data_dir.clone()), meta.clone())
+        .await
+        .context("cannot start the storage node")?;
+    println!("wharf: node {} ready on {}", settings.id, settings.listen);
+    shutdown_signal().await;
+
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    meta.shutdown().await.context("cannot stop the metadata store cleanly")?;
+    cluster.shutdown();
+    Ok(())
+}
+
+/// `wharf front`: the HTTP front of a cluster.
+pub async fn run_front(args: ProcessArgs) -> anyhow::Result<()> {
+    let settings = args.resolve()?;
+    if settings.join.is_empty() && !is_member(&settings.data_dir.join("meta")) {
+        bail!("a front needs --join with a node's cluster address");
+    }
+    let listener = tokio::net::TcpListener::bind(settings.http)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.http))?;
+    let address = listener.local_addr()?;
+    let (cluster, meta) = connect(&settings).await?;
+    join_if_new(&cluster, &meta, &settings, None).await?;
+    meta.wait_for_state(START_TIMEOUT, "the cluster's nodes", |d| !d.nodes().is_empty())
+        .await
+        .context("the cluster's state did not arrive")?;
+    let public_url = format!("http://{address}");
+    let app = wharf_front::app(
+        FrontConfig {
+            public_url: public_url.clone(),
+            ..FrontConfig::default()
+        },
+        meta.directory(),
+    );
+    println!("wharf: serving on {public_url}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the HTTP server failed")?;
+    meta.shutdown().await.context("cannot stop the metadata store cleanly")?;
+    cluster.shutdown();
+    Ok(())
+}
+
+/// Whether a metadata store already exists at `dir` (a restarted front needs no `--join`).
+fn is_member(dir: &Path) -> bool {
+    dir.join("db").exists() || dir.join("conf").exists()
+}

@@ -1,0 +1,120 @@
+//! A local cluster for tests: storage nodes and a front as separate `wharf` processes on
+//! 127.0.0.1, each with its own data directory and cluster port.
+
+use std::path::PathBuf;
+
+use crate::{Process, Wharf, START_DEADLINE};
+
+/// The cookie of test clusters.
+pub const COOKIE: &str = "test-cookie";
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+/// Storage nodes `1..=n` and one front (id 100).
+pub struct LocalCluster {
+    nodes: Vec<Option<Process>>,
+    ports: Vec<u16>,
+    /// The front.
+    pub front: Wharf,
+    dir: tempfile::TempDir,
+}
+
+impl LocalCluster {
+    /// Starts node 1 (which creates the cluster), nodes `2..=n` joining it, and a front.
+    pub fn start(n: usize) -> LocalCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for id in 1..=n as u64 {
+            let join = (id > 1).then(|| format!("127.0.0.1:{}", ports[0]));
+            let mut node = Process::spawn(&format!("node{id}"), &node_args(&dir, &ports, id, join));
+            node.wait_for_line(&format!("wharf: node {id} ready"), START_DEADLINE);
+            nodes.push(Some(node));
+        }
+        let front_dir = dir.path().join("front");
+        let args = [
+            "front".to_owned(),
+            "--id".into(),
+            "100".into(),
+            "--data-dir".into(),
+            front_dir.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--http".into(),
+            "127.0.0.1:0".into(),
+            "--join".into(),
+            format!("127.0.0.1:{}", ports[0]),
+            "--cookie".into(),
+            COOKIE.into(),
+        ];
+        let mut front = Process::spawn("front", &args);
+        let url = front.wait_for_line("wharf: serving on ", START_DEADLINE);
+        let token = std::fs::read_to_string(dir.path().join("node1/admin-token"))
+            .expect("node 1 wrote the admin token")
+            .trim()
+            .to_owned();
+        let front = Wharf::ready(front, url, token, &front_dir);
+        LocalCluster {
+            nodes,
+            ports,
+            front,
+            dir,
+        }
+    }
+
+    /// Node `id`'s data directory.
+    pub fn node_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    /// Kills node `id` with SIGKILL.
+    pub fn kill_node(&mut self, id: u64) {
+        if let Some(mut node) = self.nodes[id as usize - 1].take() {
+            node.kill();
+        }
+    }
+
+    /// Starts node `id` again on its data directory (it finds its peers from its Raft state).
+    pub fn restart_node(&mut self, id: u64) {
+        self.kill_node(id);
+        let mut node = Process::spawn(&format!("node{id}"), &node_args(&self.dir, &self.ports, id, None));
+        node.wait_for_line(&format!("wharf: node {id} ready"), START_DEADLINE);
+        self.nodes[id as usize - 1] = Some(node);
+    }
+
+    /// Starts a process that tries to join with `cookie`; the caller watches what it does.
+    pub fn spawn_joiner(&self, id: u64, cookie: &str) -> Process {
+        let mut args = node_args(&self.dir, &[free_port()], id, Some(format!("127.0.0.1:{}", self.ports[0])));
+        let at = args.iter().position(|a| a == "--cookie").expect("cookie flag") + 1;
+        args[at] = cookie.to_owned();
+        let at = args.iter().position(|a| a == "--listen").expect("listen flag") + 1;
+        args[at] = format!("127.0.0.1:{}", free_port());
+        Process::spawn(&format!("joiner{id}"), &args)
+    }
+}
+
+fn node_args(dir: &tempfile::TempDir, ports: &[u16], id: u64, join: Option<String>) -> Vec<String> {
+    let port = ports.get(id as usize - 1).copied().unwrap_or(ports[0]);
+    let mut args = vec![
+        "node".to_owned(),
+        "--id".into(),
+        id.to_string(),
+        "--data-dir".into(),
+        dir.path().join(format!("node{id}")).display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--cookie".into(),
+        COOKIE.into(),
+    ];
+    if let Some(join) = join {
+        args.push("--join".into());
+        args.push(join);
+    }
+    args
+}
