@@ -96,3 +96,101 @@ fn a_process_with_the_wrong_cookie_cannot_join() {
     let nodes = cluster.front.get("/api/v1/repos");
     assert_eq!(nodes.status, 200, "the cluster is unaffected");
 }
+
+/// Where every repository is, by name.
+fn owners(front: &Wharf) -> std::collections::BTreeMap<String, u64> {
+    front.get("/api/v1/repos").json["repos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap().to_owned(), r["node"].as_u64().unwrap()))
+        .collect()
+}
+
+fn desired(name: &str, active: &[u64]) -> u64 {
+    let members: Vec<Member> = active.iter().map(|&id| Member { id, weight: 100 }).collect();
+    owner(&members, key_of(name)).unwrap()
+}
+
+#[test]
+fn a_joining_node_takes_only_its_share_and_a_drained_node_gives_everything_away_without_failed_reads() {
+    let mut cluster = LocalCluster::start(3);
+    let names: Vec<String> = (0..30).map(|i| format!("fleet/repo{i}")).collect();
+    for name in &names {
+        cluster.front.create_repo(name);
+    }
+    // Content in a few repositories on every node, to see that moves carry it.
+    let mut heads = std::collections::BTreeMap::new();
+    for name in names.iter().take(9) {
+        let work = tempfile::tempdir().unwrap();
+        heads.insert(name.clone(), push_project(&cluster.front, name, work.path()));
+    }
+    let before = owners(&cluster.front);
+
+    // A fourth node joins: the repositories whose desired owner is now node 4 move to it, and
+    // only those.
+    let four = cluster.add_node();
+    let front = &cluster.front;
+    wait_until("every repository is where placement over 4 nodes wants it", Duration::from_secs(240), || {
+        owners(front).iter().all(|(name, node)| *node == desired(name, &[1, 2, 3, 4]))
+    });
+    let after = owners(front);
+    let moved: Vec<&String> = names.iter().filter(|n| before[*n] != after[*n]).collect();
+    assert!(!moved.is_empty(), "node 4 received some repositories");
+    assert!(moved.iter().all(|n| after[*n] == four), "every moved repository went to the new node");
+    assert_eq!(moved.len(), names.iter().filter(|n| desired(n, &[1, 2, 3, 4]) == four).count());
+    for (name, head) in &heads {
+        let branches = front.get(&format!("/api/v1/repos/{name}/branches"));
+        assert_eq!(branches.json["branches"][0]["commit"], *head, "{name} kept its content");
+    }
+
+    // Drain node 2 while a reader keeps reading every repository with content.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        let url = front.url.clone();
+        let names: Vec<String> = heads.keys().cloned().collect();
+        std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::new();
+            let (mut reads, mut failures) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for name in &names {
+                    let response = http.get(format!("{url}/api/v1/repos/{name}/tree")).send();
+                    reads += 1;
+                    match response {
+                        Ok(r) if r.status().is_success() => {}
+                        Ok(r) => failures.push(format!("{name}: {}", r.status())),
+                        Err(e) => failures.push(format!("{name}: {e}")),
+                    }
+                }
+            }
+            (reads, failures)
+        })
+    };
+    let drain = front.post("/api/v1/cluster/nodes/2/drain", json!({}));
+    assert_eq!(drain.status, 200, "{drain:?}");
+    wait_until("node 2 is drained", Duration::from_secs(240), || {
+        let status = front.get("/api/v1/cluster");
+        status.json["nodes"].as_array().unwrap().iter().any(|n| n["id"] == 2 && n["state"] == "drained")
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (reads, failures) = reader.join().unwrap();
+    assert!(reads > 0);
+    assert!(failures.is_empty(), "{} of {reads} reads failed during the drain: {failures:?}", failures.len());
+    let owners_now = owners(front);
+    assert!(owners_now.values().all(|node| *node != 2), "nothing is left on node 2");
+    for (name, node) in &owners_now {
+        assert_eq!(*node, desired(name, &[1, 3, 4]), "{name} is where placement without node 2 wants it");
+    }
+    for (name, head) in &heads {
+        let branches = front.get(&format!("/api/v1/repos/{name}/branches"));
+        assert_eq!(branches.json["branches"][0]["commit"], *head, "{name} kept its content through the drain");
+    }
+    // Writes work on moved repositories, and the status page shows the drained node.
+    let (name, _) = heads.iter().next().unwrap();
+    let branch = front.post(&format!("/api/v1/repos/{name}/branches"), json!({"name": "after-drain"}));
+    assert_eq!(branch.status, 201, "{branch:?}");
+    let status = front.get("/api/v1/cluster");
+    let two = status.json["nodes"].as_array().unwrap().iter().find(|n| n["id"] == 2).unwrap().clone();
+    assert_eq!((two["repos"].as_u64(), two["state"].as_str()), (Some(0), Some("drained")));
+}

@@ -88,6 +88,17 @@ impl LocalCluster {
         self.nodes[id as usize - 1] = Some(node);
     }
 
+    /// Starts one more storage node, joining through node 1; returns its id.
+    pub fn add_node(&mut self) -> u64 {
+        self.ports.push(free_port());
+        let id = self.ports.len() as u64;
+        let join = Some(format!("127.0.0.1:{}", self.ports[0]));
+        let mut node = Process::spawn(&format!("node{id}"), &node_args(&self.dir, &self.ports, id, join));
+        node.wait_for_line(&format!("wharf: node {id} ready"), START_DEADLINE);
+        self.nodes.push(Some(node));
+        id
+    }
+
     /// Starts a process that tries to join with `cookie`; the caller watches what it does.
     pub fn spawn_joiner(&self, id: u64, cookie: &str) -> Process {
         let mut args = node_args(&self.dir, &[free_port()], id, Some(format!("127.0.0.1:{}", self.ports[0])));

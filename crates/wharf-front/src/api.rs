@@ -53,6 +53,9 @@ pub(crate) fn routes(state: Shared) -> Router<Shared> {
         .route(&format!("{repo}/compare"), get(compare))
         .route(&format!("{repo}/merges"), post(merge))
         .route(&format!("{repo}/events"), get(events))
+        .route("/api/v1/cluster", get(cluster_status))
+        .route("/api/v1/cluster/nodes/{id}/drain", post(drain_node))
+        .route("/api/v1/cluster/nodes/{id}/undrain", post(undrain_node))
         .route("/api/v1/repo/details", get(seed_details))
         .route("/api/v1/repo/branch", post(seed_create_branch))
         .layer(DefaultBodyLimit::max(state.config.max_api_body_bytes))
@@ -558,6 +561,74 @@ async fn events(
     let limit = query.limit.unwrap_or(EVENT_PAGE.0).clamp(1, EVENT_PAGE.1);
     let events = state.directory.push_events(record.id, query.after, limit);
     json_ok(json!({ "events": events }))
+}
+
+// ---- the cluster ----
+
+/// Every storage node with its state, Raft role, repositories and live figures, and the other
+/// Raft members (fronts).
+async fn cluster_status(State(state): State<Shared>, headers: HeaderMap) -> ApiResult {
+    reader(&state, &headers)?;
+    let roles: std::collections::BTreeMap<u64, wharf_proto::RaftRole> =
+        state.directory.raft_roles().into_iter().map(|(id, role)| (id.0, role)).collect();
+    let repos = state.directory.repos();
+    let mut nodes = Vec::new();
+    for node in state.directory.nodes() {
+        let stats = match state.nodes.call(node.id, &NodeRequest::Stats).await {
+            Ok(NodeReply::Stats(stats)) => Some(stats),
+            _ => None,
+        };
+        nodes.push(json!({
+            "id": node.id.0,
+            "addr": node.addr,
+            "state": if stats.is_none() && node.state == NodeState::Active { json!("down") } else { json!(node.state) },
+            "weight": node.weight,
+            "raft_role": roles.get(&node.id.0).copied().unwrap_or(wharf_proto::RaftRole::None),
+            "repos": repos.iter().filter(|r| r.node == node.id).count(),
+            "actors": stats.as_ref().map(|s| s.actors),
+            "sessions": stats.as_ref().map(|s| s.sessions),
+            "reachable": stats.is_some(),
+        }));
+    }
+    let storage: Vec<u64> = state.directory.nodes().iter().map(|n| n.id.0).collect();
+    let others: Vec<Value> = roles
+        .iter()
+        .filter(|(id, _)| !storage.contains(id))
+        .map(|(id, role)| json!({"id": id, "raft_role": role}))
+        .collect();
+    json_ok(json!({ "nodes": nodes, "other_members": others }))
+}
+
+async fn drain_node(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
+    set_node_state(&state, &headers, id, NodeState::Draining).await
+}
+
+async fn undrain_node(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
+    set_node_state(&state, &headers, id, NodeState::Active).await
+}
+
+/// Asks a reachable node (the one concerned if it answers) to record a state change.
+async fn set_node_state(state: &FrontState, headers: &HeaderMap, id: u64, new_state: NodeState) -> ApiResult {
+    writer(state, headers)?;
+    let nodes = state.directory.nodes();
+    if !nodes.iter().any(|n| n.id.0 == id) {
+        return Err(ApiError::invalid(format!("node {id} is not a storage node of this cluster")).into());
+    }
+    let request = NodeRequest::SetNodeState {
+        node: wharf_proto::NodeId(id),
+        state: new_state,
+    };
+    let mut candidates: Vec<_> = nodes.iter().map(|n| n.id).collect();
+    candidates.sort_by_key(|candidate| candidate.0 != id);
+    let mut last_error = None;
+    for candidate in candidates {
+        match state.nodes.call(candidate, &request).await {
+            Ok(_) => return json_ok(json!({"id": id, "state": new_state})),
+            Err(error @ ApiError::Unavailable { .. }) => last_error = Some(error),
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| ApiError::internal("cluster", "no node")).into())
 }
 
 // ---- the seed API ----

@@ -16,7 +16,6 @@ mod auth;
 pub mod error;
 mod extract;
 mod metrics;
-pub mod node_client;
 mod smart_http;
 
 use std::sync::Arc;
@@ -25,7 +24,7 @@ use std::time::Duration;
 use axum::Router;
 use wharf_proto::Directory;
 
-pub use node_client::NodeClient;
+pub use wharf_proto::NodeClient;
 
 /// Settings of a front.
 #[derive(Debug, Clone)]

@@ -123,17 +123,19 @@ async fn serve(
         name,
         request: RepoRequest::OpenSession(open),
     };
-    let session = match state
+    let (node, session) = match state
         .nodes
         .call_with_timeout(record.node, &open_request, state.config.git_step_timeout)
         .await?
     {
-        NodeReply::Session(id) => id,
+        NodeReply::Session(id) => (record.node, id),
+        // The repository moved while we asked; the old owner opened it at the new one.
+        NodeReply::SessionOn { node, session } => (node, session),
         other => return Err(ApiError::internal("open git session", format!("unexpected reply {other:?}"))),
     };
     let mut session = SessionHandle {
         state: state.nodes.clone(),
-        node: record.node,
+        node,
         id: session,
         step_timeout: state.config.git_step_timeout,
         finished: false,

@@ -12,6 +12,7 @@
 mod diff;
 mod read;
 pub mod service;
+pub mod transfer;
 mod write;
 
 use std::path::{Path, PathBuf};

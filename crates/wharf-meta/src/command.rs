@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use openraft::{BasicNode, LogId, StoredMembership};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use wharf_proto::{ApiError, Directory, NodeId, NodeRecord, Principal, PushEvent, RepoId, RepoName, RepoRecord};
+use wharf_proto::{ApiError, Directory, NodeId, NodeRecord, NodeState, Principal, PushEvent, RepoId, RepoName, RepoRecord};
 
 /// A change to the metadata, proposed through Raft.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +44,23 @@ pub enum Command {
         pusher: String,
         /// When.
         now_ms: u64,
+    },
+    /// Hand a repository from one node to another. Refused unless `from` owns it, so two
+    /// movers can never both switch it.
+    MoveRepo {
+        /// The repository.
+        name: RepoName,
+        /// Its owner now.
+        from: NodeId,
+        /// Its next owner.
+        to: NodeId,
+    },
+    /// Change a member's state (drain, undrain, mark drained).
+    SetNodeState {
+        /// The member.
+        node: NodeId,
+        /// Its new state.
+        state: NodeState,
     },
     /// Store a token (its hash only) for a principal.
     AddToken {
@@ -162,6 +179,26 @@ impl State {
                     recorded.push(event);
                 }
                 Ok(CommandOutcome::Pushed(recorded))
+            }
+            Command::MoveRepo { name, from, to } => {
+                let key = name.to_string();
+                let record = self.repos.get_mut(&key).ok_or(ApiError::RepoNotFound { repo: key.clone() })?;
+                if record.node != from {
+                    return Err(ApiError::invalid(format!(
+                        "{key} is owned by node {}, not node {from}",
+                        record.node
+                    )));
+                }
+                record.node = to;
+                Ok(CommandOutcome::Repo(record.clone()))
+            }
+            Command::SetNodeState { node, state } => {
+                let record = self
+                    .nodes
+                    .get_mut(&node.0)
+                    .ok_or_else(|| ApiError::invalid(format!("node {node} is not a member")))?;
+                record.state = state;
+                Ok(CommandOutcome::Done)
             }
             Command::AddToken { token_hash, principal } => {
                 self.tokens.insert(token_hash, principal);

@@ -328,7 +328,10 @@ impl Meta {
 
     /// The applied state, read locally.
     pub fn directory(&self) -> Arc<dyn Directory> {
-        self.inner.state.clone()
+        Arc::new(MetaDirectory {
+            state: self.inner.state.clone(),
+            metrics: self.inner.raft.metrics(),
+        })
     }
 
     /// This node's id.
@@ -393,6 +396,46 @@ fn write_error(
             leader: forward.leader_id,
         },
         None => MetaError::Raft(error.to_string()),
+    }
+}
+
+/// The applied state, plus Raft's view of who leads: what routing and status pages read.
+struct MetaDirectory {
+    state: Arc<command::SharedState>,
+    metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, BasicNode>>,
+}
+
+impl Directory for MetaDirectory {
+    fn repo(&self, name: &wharf_proto::RepoName) -> Option<wharf_proto::RepoRecord> {
+        self.state.repo(name)
+    }
+
+    fn repos(&self) -> Vec<wharf_proto::RepoRecord> {
+        self.state.repos()
+    }
+
+    fn nodes(&self) -> Vec<wharf_proto::NodeRecord> {
+        self.state.nodes()
+    }
+
+    fn authenticate(&self, token: &str) -> Option<wharf_proto::Principal> {
+        self.state.authenticate(token)
+    }
+
+    fn push_events(&self, repo: wharf_proto::RepoId, after: u64, limit: usize) -> Vec<wharf_proto::PushEvent> {
+        self.state.push_events(repo, after, limit)
+    }
+
+    fn raft_roles(&self) -> Vec<(NodeId, wharf_proto::RaftRole)> {
+        use wharf_proto::RaftRole;
+        let metrics = self.metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let voters = membership.voter_ids().map(|id| {
+            let role = if Some(id) == metrics.current_leader { RaftRole::Leader } else { RaftRole::Follower };
+            (NodeId(id), role)
+        });
+        let learners = membership.learner_ids().map(|id| (NodeId(id), RaftRole::Learner));
+        voters.chain(learners).collect()
     }
 }
 

@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 mod activity;
+mod mover;
 pub mod repo_actor;
 pub mod router;
 pub mod session;
@@ -68,6 +69,12 @@ pub(crate) struct NodeContext {
     pub meta: Meta,
     pub registry: repo_actor::RepoRegistry,
     pub sessions: session::Sessions,
+    /// Bundle files offered to other nodes during moves.
+    pub transfers: mover::Transfers,
+    /// Calls other nodes (moves, forwarding).
+    pub peers: wharf_proto::NodeClient,
+    /// Set when the node shuts down, so background loops end.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 /// A running storage node.
@@ -103,6 +110,11 @@ impl StorageNode {
         let context = Arc::new(NodeContext {
             registry: repo_actor::RepoRegistry::default(),
             sessions: session::Sessions::default(),
+            transfers: mover::Transfers::default(),
+            peers: wharf_proto::NodeClient {
+                timeout: std::time::Duration::from_secs(30),
+            },
+            stopping: std::sync::atomic::AtomicBool::new(false),
             config,
             meta,
         });
@@ -114,6 +126,7 @@ impl StorageNode {
         )
         .await?;
         ractor::pg::join(group, vec![router.get_cell()]);
+        mover::spawn_rebalancer(Arc::downgrade(&context));
         Ok(StorageNode { router, context })
     }
 
@@ -130,6 +143,7 @@ impl StorageNode {
     /// Stops the router and every repository actor. Sessions in flight are killed, so pushes
     /// that were not acknowledged leave nothing behind.
     pub async fn shutdown(self) {
+        self.context.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         ractor::pg::leave(node_group(self.context.config.id), vec![self.router.get_cell()]);
         self.context.registry.stop_all().await;
         self.context.sessions.abort_all();

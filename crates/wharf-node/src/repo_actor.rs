@@ -25,13 +25,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use wharf_git::GitRepo;
 use wharf_meta::Command;
-use wharf_proto::{ApiError, GitService, NodeReply, RepoId, RepoName, RepoRequest};
+use wharf_proto::{ApiError, GitService, NodeId, NodeReply, NodeRequest, RepoId, RepoName, RepoRequest};
 
 use crate::activity::{answer, Activity, InflightGuard};
 use crate::NodeContext;
@@ -42,6 +42,27 @@ pub(crate) struct RepoContext {
     pub name: RepoName,
     pub git: Arc<GitRepo>,
     pub node: Arc<NodeContext>,
+    /// Set once the repository has moved to another node: from then on everything for it is
+    /// forwarded there, and the local copy is deleted when the last user lets go of it.
+    pub moved_to: Arc<OnceLock<NodeId>>,
+}
+
+impl Drop for RepoContext {
+    fn drop(&mut self) {
+        if self.moved_to.get().is_none() {
+            return;
+        }
+        // The last reader, session or write of the old copy is done.
+        let path = self.git.path().to_owned();
+        let trash = path.with_extension("moved");
+        if std::fs::rename(&path, &trash).is_ok() {
+            std::thread::spawn(move || {
+                if let Err(error) = std::fs::remove_dir_all(&trash) {
+                    tracing::warn!(path = %trash.display(), %error, "cannot delete a moved repository's old copy");
+                }
+            });
+        }
+    }
 }
 
 /// A message to a repository actor. Sent only by the [`RepoRegistry`] of the same node.
@@ -50,6 +71,8 @@ pub(crate) enum RepoMessage {
     Handle(RepoRequest, RpcReplyPort<Vec<u8>>, InflightGuard),
     /// Delete the repository: its record, then its directory. Answers `Done`.
     Delete(RpcReplyPort<Vec<u8>>, InflightGuard),
+    /// Move the repository to another node (see [`crate::mover`]).
+    MoveTo(NodeId, oneshot::Sender<Result<(), ApiError>>, InflightGuard),
 }
 
 impl ractor::Message for RepoMessage {}
@@ -68,12 +91,12 @@ type WriteJob = Pin<Box<dyn Future<Output = ()> + Send>>;
 impl Actor for RepoActor {
     type Msg = RepoMessage;
     type State = RepoState;
-    type Arguments = (RepoId, RepoName, Arc<NodeContext>);
+    type Arguments = (RepoId, RepoName, Arc<NodeContext>, Arc<OnceLock<NodeId>>);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        (id, name, node): Self::Arguments,
+        (id, name, node, moved_to): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let path = node.config.repo_path(id);
         let open_name = name.clone();
@@ -97,6 +120,7 @@ impl Actor for RepoActor {
                 name,
                 git: Arc::new(git),
                 node,
+                moved_to,
             }),
             writes,
         })
@@ -114,9 +138,13 @@ impl Actor for RepoActor {
                 let repo = state.repo.clone();
                 state.enqueue(reply, async move {
                     let _guard = guard;
-                    delete(&repo).await
+                    match repo.moved_to.get() {
+                        Some(target) => forward(&repo, *target, NodeRequest::DeleteRepo { id: repo.id, name: repo.name.clone() }).await,
+                        None => delete(&repo).await,
+                    }
                 });
             }
+            RepoMessage::MoveTo(target, done, guard) => state.start_move(target, done, guard),
         }
         Ok(())
     }
@@ -125,12 +153,24 @@ impl Actor for RepoActor {
 impl RepoState {
     fn handle(&self, request: RepoRequest, reply: RpcReplyPort<Vec<u8>>, guard: InflightGuard) {
         let repo = self.repo.clone();
+        if let Some(target) = repo.moved_to.get().copied() {
+            tokio::spawn(async move {
+                let _guard = guard;
+                answer(reply, forward_request(&repo, target, request).await);
+            });
+            return;
+        }
         match request {
             RepoRequest::OpenSession(open)
                 if open.service == GitService::ReceivePack && !open.advertise_refs =>
             {
                 // A push takes the write turn and keeps it until its session ends.
                 let job: WriteJob = Box::pin(async move {
+                    if let Some(target) = repo.moved_to.get().copied() {
+                        let _guard = guard;
+                        answer(reply, forward_request(&repo, target, RepoRequest::OpenSession(open)).await);
+                        return;
+                    }
                     let (turn, released) = oneshot::channel::<()>();
                     let started = crate::session::start(repo, open, Some(turn), guard).await;
                     let ok = started.is_ok();
@@ -149,7 +189,11 @@ impl RepoState {
             }
             request if is_write(&request) => self.enqueue(reply, async move {
                 let _guard = guard;
-                blocking(repo, move |git| write(git, request)).await
+                // A write queued behind a move goes to the new owner.
+                match repo.moved_to.get().copied() {
+                    Some(target) => forward_request(&repo, target, request).await,
+                    None => blocking(repo, move |git| write(git, request)).await,
+                }
             }),
             read => {
                 tokio::spawn(async move {
@@ -171,6 +215,47 @@ impl RepoState {
         // shutdown, when the dropped reply port tells the caller.
         let _ = self.writes.send(job);
     }
+
+    /// Moves the repository to `target`: a bulk copy while writes go on, then the final copy
+    /// and the ownership switch in the write turn (see [`crate::mover`]).
+    fn start_move(&self, target: NodeId, done: oneshot::Sender<Result<(), ApiError>>, guard: InflightGuard) {
+        let repo = self.repo.clone();
+        let writes = self.writes.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(error) = crate::mover::copy_to(&repo, target, false).await {
+                let _ = done.send(Err(error));
+                return;
+            }
+            let (finished, result) = oneshot::channel();
+            let final_step: WriteJob = Box::pin(async move {
+                let outcome = match crate::mover::copy_to(&repo, target, true).await {
+                    Ok(()) => crate::mover::switch_owner(&repo, target).await,
+                    Err(error) => Err(error),
+                };
+                let _ = finished.send(outcome);
+            });
+            if writes.send(final_step).is_err() {
+                let _ = done.send(Err(ApiError::internal("move", "the repository actor stopped")));
+                return;
+            }
+            let _ = done.send(result.await.unwrap_or_else(|_| Err(ApiError::internal("move", "the write queue stopped"))));
+        });
+    }
+}
+
+/// Sends a request for a repository that moved to its new owner.
+async fn forward_request(repo: &RepoContext, target: NodeId, request: RepoRequest) -> Result<NodeReply, ApiError> {
+    let request = NodeRequest::Repo {
+        id: repo.id,
+        name: repo.name.clone(),
+        request,
+    };
+    forward(repo, target, request).await
+}
+
+async fn forward(repo: &RepoContext, target: NodeId, request: NodeRequest) -> Result<NodeReply, ApiError> {
+    crate::router::forward(&repo.node, target, request).await
 }
 
 /// Runs queued writes one at a time, in order.
@@ -278,6 +363,7 @@ async fn delete(repo: &RepoContext) -> Result<NodeReply, ApiError> {
 struct ActiveRepo {
     actor: ActorRef<RepoMessage>,
     activity: Arc<Activity>,
+    moved_to: Arc<OnceLock<NodeId>>,
 }
 
 /// The repository actors active on this node.
@@ -299,7 +385,8 @@ impl RepoRegistry {
         let entry = match active.get(&id) {
             Some(entry) => entry.clone(),
             None => {
-                let (actor, _) = Actor::spawn(None, RepoActor, (id, name.clone(), node.clone()))
+                let moved_to = Arc::new(OnceLock::new());
+                let (actor, _) = Actor::spawn(None, RepoActor, (id, name.clone(), node.clone(), moved_to.clone()))
                     .await
                     .map_err(|error| ApiError::Unavailable {
                         what: format!("repository {name}"),
@@ -310,6 +397,7 @@ impl RepoRegistry {
                 let entry = ActiveRepo {
                     actor,
                     activity: Arc::new(Activity::default()),
+                    moved_to,
                 };
                 active.insert(id, entry.clone());
                 entry
@@ -332,7 +420,11 @@ impl RepoRegistry {
         let mut active = self.active.lock().await;
         let idle_ids: Vec<RepoId> = active
             .iter()
-            .filter(|(_, entry)| entry.activity.is_idle(idle))
+            // A repository that moved away goes as soon as nothing uses it.
+            .filter(|(_, entry)| {
+                let idle_for = if entry.moved_to.get().is_some() { std::time::Duration::ZERO } else { idle };
+                entry.activity.is_idle(idle_for)
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in &idle_ids {

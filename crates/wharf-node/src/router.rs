@@ -12,7 +12,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use wharf_git::GitRepo;
 use wharf_meta::{Command, CommandOutcome};
-use wharf_proto::{codec, ApiError, NodeMessage, NodeReply, NodeRequest, RepoName};
+use wharf_proto::{codec, ApiError, NodeId, NodeMessage, NodeReply, NodeRequest, NodeStats, RepoId, RepoName};
 
 use crate::activity::answer;
 use crate::repo_actor::RepoMessage;
@@ -57,15 +57,70 @@ impl Actor for NodeRouter {
     ) -> Result<(), ActorProcessingErr> {
         let NodeMessage::Call(bytes, reply) = message;
         match codec::decode::<NodeRequest>(&bytes) {
-            Ok(request) => route(node, request, reply).await,
+            Ok(request) => route(node, request, reply, false).await,
             Err(error) => answer(reply, Err(ApiError::invalid(format!("undecodable request: {error}")))),
         }
         Ok(())
     }
 }
 
-async fn route(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcReplyPort<Vec<u8>>) {
+/// How long a forwarded request may take: as long as a git step, since it may be a push
+/// waiting for its write turn.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Passes `request` to node `target` (the repository moved there) and returns its answer; a
+/// session opened there is reported with its node.
+pub(crate) async fn forward(node: &NodeContext, target: NodeId, request: NodeRequest) -> Result<NodeReply, ApiError> {
+    let forwarded = NodeRequest::Forwarded(Box::new(request));
+    match node.peers.call_with_timeout(target, &forwarded, FORWARD_TIMEOUT).await? {
+        NodeReply::Session(session) => Ok(NodeReply::SessionOn { node: target, session }),
+        other => Ok(other),
+    }
+}
+
+/// The node that owns repository `id` now, if it is not this one.
+fn owner_elsewhere(node: &NodeContext, id: RepoId, name: &RepoName) -> Option<NodeId> {
+    let record = node.meta.directory().repo(name)?;
+    (record.id == id && record.node != node.config.id).then_some(record.node)
+}
+
+fn route<'a>(
+    node: &'a Arc<NodeContext>,
+    request: NodeRequest,
+    reply: RpcReplyPort<Vec<u8>>,
+    forwarded: bool,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+    Box::pin(route_one(node, request, reply, forwarded))
+}
+
+async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcReplyPort<Vec<u8>>, forwarded: bool) {
+    if let NodeRequest::Repo { id, name, .. } | NodeRequest::DeleteRepo { id, name } = &request {
+        if let Some(target) = owner_elsewhere(node, *id, name).filter(|_| !forwarded) {
+            let node = node.clone();
+            tokio::spawn(async move { answer(reply, forward(&node, target, request).await) });
+            return;
+        }
+    }
     match request {
+        NodeRequest::Forwarded(inner) => route(node, *inner, reply, true).await,
+        NodeRequest::ImportRepo(import) => {
+            let node = node.clone();
+            tokio::spawn(async move { answer(reply, crate::mover::import(&node, import).await) });
+        }
+        NodeRequest::ReadTransfer { transfer, offset } => {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let read = tokio::task::spawn_blocking(move || node.transfers.read(transfer, offset)).await;
+                let result = read
+                    .map_err(|e| ApiError::internal("read transfer", e))
+                    .and_then(|chunk| chunk.map(NodeReply::Chunk));
+                answer(reply, result)
+            });
+        }
+        NodeRequest::EndTransfer { transfer } => {
+            node.transfers.end(transfer);
+            answer(reply, Ok(NodeReply::Done));
+        }
         NodeRequest::Repo { id, name, request } => {
             let mut reply = Some(reply);
             let result = node
@@ -107,6 +162,28 @@ async fn route(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcReplyPor
         }
         NodeRequest::SessionAbort { session } => {
             node.sessions.deliver(session, SessionOp::Abort(reply))
+        }
+        NodeRequest::Stats => {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let stats = NodeStats {
+                    actors: node.registry.active().await as u64,
+                    sessions: node.sessions.open_count() as u64,
+                    moves: node.transfers.moves_done.load(std::sync::atomic::Ordering::SeqCst),
+                };
+                answer(reply, Ok(NodeReply::Stats(stats)))
+            });
+        }
+        NodeRequest::SetNodeState { node: member, state } => {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let result = match node.meta.write(Command::SetNodeState { node: member, state }).await {
+                    Ok(Ok(_)) => Ok(NodeReply::Done),
+                    Ok(Err(error)) => Err(error),
+                    Err(error) => Err(error.into_api("change a node's state")),
+                };
+                answer(reply, result)
+            });
         }
     }
 }

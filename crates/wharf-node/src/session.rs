@@ -69,6 +69,11 @@ impl Sessions {
         }
     }
 
+    /// Number of sessions open now.
+    pub fn open_count(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Kills every session (node shutdown).
     pub fn abort_all(&self) {
         // Dropping the senders ends each session's loop, which kills its process.

@@ -1,6 +1,6 @@
 //! Metadata reads that routing and authentication need without a round trip.
 
-use crate::{NodeRecord, Principal, PushEvent, RepoId, RepoName, RepoRecord};
+use crate::{NodeId, NodeRecord, Principal, PushEvent, RaftRole, RepoId, RepoName, RepoRecord};
 
 /// A read-only, local view of the applied metadata state.
 ///
@@ -18,4 +18,8 @@ pub trait Directory: Send + Sync + 'static {
     /// A repository's push events with `seq` greater than `after`, oldest first, at most
     /// `limit`.
     fn push_events(&self, repo: RepoId, after: u64, limit: usize) -> Vec<PushEvent>;
+    /// Every member of the Raft group and its role, as this process last saw it.
+    fn raft_roles(&self) -> Vec<(NodeId, RaftRole)> {
+        Vec::new()
+    }
 }

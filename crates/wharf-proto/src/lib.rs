@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+mod client;
 pub mod codec;
 mod directory;
 mod error;
@@ -20,14 +21,15 @@ mod message;
 mod records;
 mod views;
 
+pub use client::NodeClient;
 pub use directory::Directory;
 pub use error::ApiError;
 pub use ids::{NodeId, RepoId, RepoName, SessionId};
 pub use message::{
-    node_group, CommitFilesRequest, FileAction, FileActionKind, GitService, MergeRequest,
-    MergeStrategy, NodeMessage, NodeReply, NodeRequest, OpenSession, RepoRequest, SessionChunk,
+    node_group, CommitFilesRequest, FileAction, FileActionKind, GitService, ImportRepo, MergeRequest,
+    MergeStrategy, NodeMessage, NodeReply, NodeRequest, NodeStats, OpenSession, RepoRequest, SessionChunk,
 };
-pub use records::{NodeRecord, NodeState, PushEvent, RepoRecord, Principal};
+pub use records::{NodeRecord, NodeState, Principal, PushEvent, RaftRole, RepoRecord};
 pub use views::{
     BlobView, BranchView, ChangeKind, CommitDetail, CommitView, CompareView, FileDiffStat,
     LogPage, MergeOutcome, PersonView, RepoSummary, TagView, TreeEntryKind, TreeEntryView,

@@ -77,6 +77,57 @@ pub enum NodeRequest {
         /// The session.
         session: SessionId,
     },
+    /// What the node is doing now. Replies [`NodeReply::Stats`].
+    Stats,
+    /// Change a member's state (drain, undrain), through the metadata store. Replies
+    /// [`NodeReply::Done`].
+    SetNodeState {
+        /// The member.
+        node: NodeId,
+        /// Its new state.
+        state: crate::NodeState,
+    },
+    /// Copy a repository that is moving here from `from`: pull the bundle `transfer` from it
+    /// and fetch it into the incoming copy. With `finalize`, also check the copy (`git fsck`,
+    /// refs equal to `refs`) and put it in place, ready to serve once Raft says so. Replies
+    /// [`NodeReply::Done`].
+    ImportRepo(ImportRepo),
+    /// Read a piece of a transfer file this node offered. Replies [`NodeReply::Chunk`].
+    ReadTransfer {
+        /// The transfer.
+        transfer: u64,
+        /// Where to read from.
+        offset: u64,
+    },
+    /// Forget a transfer file. Replies [`NodeReply::Done`].
+    EndTransfer {
+        /// The transfer.
+        transfer: u64,
+    },
+    /// A request another node passed on because the repository moved here: served here
+    /// whatever this node's (possibly lagging) view of the owner says, never passed on again.
+    Forwarded(Box<NodeRequest>),
+}
+
+/// See [`NodeRequest::ImportRepo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportRepo {
+    /// The repository.
+    pub id: RepoId,
+    /// Its name.
+    pub name: RepoName,
+    /// The node it comes from.
+    pub from: NodeId,
+    /// The bundle to pull from `from`, if the repository has any refs.
+    pub transfer: Option<u64>,
+    /// The bundle's size in bytes.
+    pub size: u64,
+    /// The branch HEAD points at.
+    pub head: Option<String>,
+    /// Every ref of the source at the time of the bundle.
+    pub refs: std::collections::BTreeMap<String, String>,
+    /// Whether this is the last import: check the copy and put it in place.
+    pub finalize: bool,
 }
 
 /// A request for one repository, handled by its actor on the owning node.
@@ -297,4 +348,25 @@ pub enum NodeReply {
     Session(SessionId),
     /// See [`NodeRequest::SessionRead`].
     Chunk(SessionChunk),
+    /// See [`NodeRequest::Stats`].
+    Stats(NodeStats),
+    /// A session opened on another node than the one asked (the repository moved there):
+    /// its `Session*` requests go to `node`.
+    SessionOn {
+        /// The node that holds the session.
+        node: NodeId,
+        /// The session.
+        session: SessionId,
+    },
+}
+
+/// A node's live figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeStats {
+    /// Repository actors active now.
+    pub actors: u64,
+    /// Git protocol sessions open now.
+    pub sessions: u64,
+    /// Repositories this node has moved away since it started.
+    pub moves: u64,
 }

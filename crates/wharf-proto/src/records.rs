@@ -73,3 +73,17 @@ pub struct Principal {
     /// Whether the user may do everything.
     pub admin: bool,
 }
+
+/// A process's part in the Raft group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RaftRole {
+    /// The voter that leads.
+    Leader,
+    /// A voter that follows.
+    Follower,
+    /// A member that replicates the log without a vote (a new node, a front).
+    Learner,
+    /// Not in the group.
+    None,
+}

@@ -106,3 +106,80 @@ fn print(value: &Value) {
         println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
     }
 }
+
+/// `wharf cluster …`
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Show every node: state, Raft role, repositories, live actors.
+    Status,
+    /// Move every repository off a node, then mark it drained.
+    Drain {
+        /// The node's id.
+        node: u64,
+        /// Return at once instead of waiting until the node is empty.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Take a drained node back into placement.
+    Undrain {
+        /// The node's id.
+        node: u64,
+    },
+}
+
+pub async fn cluster(server: Server, command: ClusterCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    match command {
+        ClusterCommand::Status => {
+            let status = server.send(Method::GET, "/api/v1/cluster", None).await?;
+            print_status(&status);
+        }
+        ClusterCommand::Undrain { node } => {
+            server.send(Method::POST, &format!("/api/v1/cluster/nodes/{node}/undrain"), None).await?;
+            println!("node {node} is active again; the rebalancer moves its share back to it");
+        }
+        ClusterCommand::Drain { node, no_wait } => {
+            server.send(Method::POST, &format!("/api/v1/cluster/nodes/{node}/drain"), None).await?;
+            if no_wait {
+                println!("node {node} is draining");
+                return Ok(());
+            }
+            let mut total = None;
+            loop {
+                let status = server.send(Method::GET, "/api/v1/cluster", None).await?;
+                let Some(entry) = status["nodes"].as_array().and_then(|n| n.iter().find(|e| e["id"] == node)).cloned() else {
+                    bail!("node {node} disappeared from the cluster");
+                };
+                let left = entry["repos"].as_u64().unwrap_or(0);
+                let total = *total.get_or_insert(left.max(1));
+                let moved = total.saturating_sub(left);
+                println!("draining node {node}: {moved} of {total} repositories moved ({}%), state {}", moved * 100 / total, entry["state"]);
+                if entry["state"] == "drained" {
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_status(status: &Value) {
+    println!("{:>4}  {:<22} {:<9} {:<9} {:>6} {:>7} {:>8}", "ID", "ADDRESS", "STATE", "RAFT", "REPOS", "ACTORS", "SESSIONS");
+    for node in status["nodes"].as_array().into_iter().flatten() {
+        let show = |v: &Value| v.as_u64().map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+        println!(
+            "{:>4}  {:<22} {:<9} {:<9} {:>6} {:>7} {:>8}",
+            node["id"],
+            node["addr"].as_str().unwrap_or(""),
+            node["state"].as_str().unwrap_or(""),
+            node["raft_role"].as_str().unwrap_or(""),
+            show(&node["repos"]),
+            show(&node["actors"]),
+            show(&node["sessions"]),
+        );
+    }
+    for other in status["other_members"].as_array().into_iter().flatten() {
+        println!("{:>4}  {:<22} {:<9} {:<9}", other["id"], "(front)", "-", other["raft_role"].as_str().unwrap_or(""));
+    }
+}

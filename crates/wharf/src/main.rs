@@ -50,6 +50,13 @@ enum Command {
         #[command(subcommand)]
         command: client::RepoCommand,
     },
+    /// Look at and operate the cluster through a front's API.
+    Cluster {
+        #[command(flatten)]
+        server: client::Server,
+        #[command(subcommand)]
+        command: client::ClusterCommand,
+    },
     /// Manage branches through the API.
     Branch {
         #[command(flatten)]
@@ -82,6 +89,7 @@ fn main() -> std::process::ExitCode {
             Command::Front { args } => cluster::run_front(args).await,
             Command::Repo { server, command } => client::repo(server, command).await,
             Command::Branch { server, command } => client::branch(server, command).await,
+            Command::Cluster { server, command } => client::cluster(server, command).await,
         }
     });
     match result {

@@ -1,4 +1,5 @@
-//! Sending a [`NodeRequest`] to a storage node and waiting for its reply.
+//! Sending a [`NodeRequest`] to a storage node and waiting for its reply: what a front does
+//! for every request, and what a node does to reach another (moves, forwarding).
 //!
 //! The node's router actor is found in its process group, whether it runs in this process
 //! (`wharf dev`) or in another one reached through `ractor_cluster`: one code path. Every call
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use ractor::rpc::CallResult;
 use ractor::ActorRef;
-use wharf_proto::{codec, node_group, ApiError, NodeId, NodeMessage, NodeReply, NodeRequest};
+use crate::{codec, node_group, ApiError, NodeId, NodeMessage, NodeReply, NodeRequest};
 
 /// Calls storage nodes by id.
 #[derive(Debug, Clone)]
