@@ -167,6 +167,35 @@ fn a_joining_node_takes_only_its_share_and_a_drained_node_gives_everything_away_
             (reads, failures)
         })
     };
+    // And a pusher keeps pushing new commits to a repository that lives on node 2.
+    let on_two = names
+        .iter()
+        .find(|n| after[*n] == 2 && !heads.contains_key(*n))
+        .expect("node 2 owns a repository without content")
+        .clone();
+    let pusher = {
+        let stop = stop.clone();
+        let push_url = front.push_url(&on_two);
+        std::thread::spawn(move || {
+            let work = tempfile::tempdir().unwrap();
+            git_ok(work.path(), &["init", "-q"]);
+            let (mut acknowledged, mut failures) = (Vec::new(), Vec::new());
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || n < 3 {
+                n += 1;
+                std::fs::write(work.path().join("counter.txt"), format!("{n}\n")).unwrap();
+                git_ok(work.path(), &["add", "."]);
+                git_ok(work.path(), &["commit", "-qm", &format!("push {n}")]);
+                let output = wharf_tests::git(work.path(), &["push", "-q", "--force", &push_url, "main"]);
+                if output.status.success() {
+                    acknowledged.push(git_ok(work.path(), &["rev-parse", "HEAD"]).trim().to_owned());
+                } else {
+                    failures.push(String::from_utf8_lossy(&output.stderr).into_owned());
+                }
+            }
+            (acknowledged, failures)
+        })
+    };
     let drain = front.post("/api/v1/cluster/nodes/2/drain", json!({}));
     assert_eq!(drain.status, 200, "{drain:?}");
     wait_until("node 2 is drained", Duration::from_secs(240), || {
@@ -175,6 +204,16 @@ fn a_joining_node_takes_only_its_share_and_a_drained_node_gives_everything_away_
     });
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (reads, failures) = reader.join().unwrap();
+    let (acknowledged, push_failures) = pusher.join().unwrap();
+    assert!(push_failures.is_empty(), "pushes failed during the drain: {push_failures:?}");
+    let last = acknowledged.last().expect("some pushes were acknowledged");
+    let branches = front.get(&format!("/api/v1/repos/{on_two}/branches"));
+    assert_eq!(branches.json["branches"][0]["commit"], *last, "the last acknowledged push is there");
+    let events = front.get(&format!("/api/v1/repos/{on_two}/events?limit=1000"));
+    let recorded: Vec<&str> = events.json["events"].as_array().unwrap().iter().filter_map(|e| e["new"].as_str()).collect();
+    for head in &acknowledged {
+        assert!(recorded.contains(&head.as_str()), "acknowledged push {head} has its event");
+    }
     assert!(reads > 0);
     assert!(failures.is_empty(), "{} of {reads} reads failed during the drain: {failures:?}", failures.len());
     let owners_now = owners(front);
