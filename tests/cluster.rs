@@ -145,57 +145,16 @@ fn a_joining_node_takes_only_its_share_and_a_drained_node_gives_everything_away_
     }
 
     // Drain node 2 while a reader keeps reading every repository with content.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let stop = stop.clone();
-        let url = front.url.clone();
-        let names: Vec<String> = heads.keys().cloned().collect();
-        std::thread::spawn(move || {
-            let http = reqwest::blocking::Client::new();
-            let (mut reads, mut failures) = (0u64, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                for name in &names {
-                    let response = http.get(format!("{url}/api/v1/repos/{name}/tree")).send();
-                    reads += 1;
-                    match response {
-                        Ok(r) if r.status().is_success() => {}
-                        Ok(r) => failures.push(format!("{name}: {}", r.status())),
-                        Err(e) => failures.push(format!("{name}: {e}")),
-                    }
-                }
-            }
-            (reads, failures)
-        })
-    };
+    let stop: Stop = Default::default();
+    let names_with_content: Vec<String> = heads.keys().cloned().collect();
+    let reader = spawn_reader(front.url.clone(), names_with_content, stop.clone());
     // And a pusher keeps pushing new commits to a repository that lives on node 2.
     let on_two = names
         .iter()
         .find(|n| after[*n] == 2 && !heads.contains_key(*n))
         .expect("node 2 owns a repository without content")
         .clone();
-    let pusher = {
-        let stop = stop.clone();
-        let push_url = front.push_url(&on_two);
-        std::thread::spawn(move || {
-            let work = tempfile::tempdir().unwrap();
-            git_ok(work.path(), &["init", "-q"]);
-            let (mut acknowledged, mut failures) = (Vec::new(), Vec::new());
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) || n < 3 {
-                n += 1;
-                std::fs::write(work.path().join("counter.txt"), format!("{n}\n")).unwrap();
-                git_ok(work.path(), &["add", "."]);
-                git_ok(work.path(), &["commit", "-qm", &format!("push {n}")]);
-                let output = wharf_tests::git(work.path(), &["push", "-q", "--force", &push_url, "main"]);
-                if output.status.success() {
-                    acknowledged.push(git_ok(work.path(), &["rev-parse", "HEAD"]).trim().to_owned());
-                } else {
-                    failures.push(String::from_utf8_lossy(&output.stderr).into_owned());
-                }
-            }
-            (acknowledged, failures)
-        })
-    };
+    let pusher = spawn_pusher(front.push_url(&on_two), stop.clone());
     let drain = front.post("/api/v1/cluster/nodes/2/drain", json!({}));
     assert_eq!(drain.status, 200, "{drain:?}");
     wait_until("node 2 is drained", Duration::from_secs(240), || {
@@ -206,14 +165,7 @@ fn a_joining_node_takes_only_its_share_and_a_drained_node_gives_everything_away_
     let (reads, failures) = reader.join().unwrap();
     let (acknowledged, push_failures) = pusher.join().unwrap();
     assert!(push_failures.is_empty(), "pushes failed during the drain: {push_failures:?}");
-    let last = acknowledged.last().expect("some pushes were acknowledged");
-    let branches = front.get(&format!("/api/v1/repos/{on_two}/branches"));
-    assert_eq!(branches.json["branches"][0]["commit"], *last, "the last acknowledged push is there");
-    let events = front.get(&format!("/api/v1/repos/{on_two}/events?limit=1000"));
-    let recorded: Vec<&str> = events.json["events"].as_array().unwrap().iter().filter_map(|e| e["new"].as_str()).collect();
-    for head in &acknowledged {
-        assert!(recorded.contains(&head.as_str()), "acknowledged push {head} has its event");
-    }
+    assert_pushes_kept(front, &on_two, &acknowledged);
     assert!(reads > 0);
     assert!(failures.is_empty(), "{} of {reads} reads failed during the drain: {failures:?}", failures.len());
     let owners_now = owners(front);
@@ -232,4 +184,161 @@ fn a_joining_node_takes_only_its_share_and_a_drained_node_gives_everything_away_
     let status = front.get("/api/v1/cluster");
     let two = status.json["nodes"].as_array().unwrap().iter().find(|n| n["id"] == 2).unwrap().clone();
     assert_eq!((two["repos"].as_u64(), two["state"].as_str()), (Some(0), Some("drained")));
+}
+
+type Stop = std::sync::Arc<std::sync::atomic::AtomicBool>;
+
+/// Reads the tree of every repository in `names` over and over until `stop`; returns how many
+/// reads it made and the failed ones.
+fn spawn_reader(url: String, names: Vec<String>, stop: Stop) -> std::thread::JoinHandle<(u64, Vec<String>)> {
+    std::thread::spawn(move || {
+        let http = reqwest::blocking::Client::new();
+        let (mut reads, mut failures) = (0u64, Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            for name in &names {
+                let response = http.get(format!("{url}/api/v1/repos/{name}/tree")).send();
+                reads += 1;
+                match response {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => failures.push(format!("{name}: {}", r.status())),
+                    Err(e) => failures.push(format!("{name}: {e}")),
+                }
+            }
+        }
+        (reads, failures)
+    })
+}
+
+/// Pushes a new commit to `push_url` over and over until `stop` (at least three times);
+/// returns the acknowledged heads and the failed pushes.
+fn spawn_pusher(push_url: String, stop: Stop) -> std::thread::JoinHandle<(Vec<String>, Vec<String>)> {
+    std::thread::spawn(move || {
+        let work = tempfile::tempdir().unwrap();
+        git_ok(work.path(), &["init", "-q"]);
+        let (mut acknowledged, mut failures) = (Vec::new(), Vec::new());
+        let mut n = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) || n < 3 {
+            n += 1;
+            std::fs::write(work.path().join("counter.txt"), format!("{n}\n")).unwrap();
+            git_ok(work.path(), &["add", "."]);
+            git_ok(work.path(), &["commit", "-qm", &format!("push {n}")]);
+            let output = wharf_tests::git(work.path(), &["push", "-q", "--force", &push_url, "main"]);
+            if output.status.success() {
+                acknowledged.push(git_ok(work.path(), &["rev-parse", "HEAD"]).trim().to_owned());
+            } else {
+                failures.push(String::from_utf8_lossy(&output.stderr).into_owned());
+            }
+        }
+        (acknowledged, failures)
+    })
+}
+
+/// Checks that every acknowledged push is in the repository: the last one is its tip, and
+/// each has its push event.
+fn assert_pushes_kept(front: &Wharf, repo: &str, acknowledged: &[String]) {
+    let last = acknowledged.last().expect("some pushes were acknowledged");
+    let branches = front.get(&format!("/api/v1/repos/{repo}/branches"));
+    assert_eq!(branches.json["branches"][0]["commit"], *last, "the last acknowledged push is there");
+    let events = front.get(&format!("/api/v1/repos/{repo}/events?limit=1000"));
+    let recorded: Vec<&str> = events.json["events"].as_array().unwrap().iter().filter_map(|e| e["new"].as_str()).collect();
+    for head in acknowledged {
+        assert!(recorded.contains(&head.as_str()), "acknowledged push {head} has its event");
+    }
+}
+
+/// A cluster started with `scripts/cluster.sh`, stopped with it when dropped.
+struct ScriptCluster {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl ScriptCluster {
+    fn up(nodes: usize) -> ScriptCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let base = loop {
+            let base = wharf_tests::cluster::free_port().min(60_000);
+            let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+            if (1..=nodes as u16).chain([100]).all(|offset| free(base + offset)) {
+                break base;
+            }
+        };
+        let env = vec![
+            ("WHARF_CLUSTER_DIR".to_owned(), dir.path().display().to_string()),
+            ("WHARF_BASE_PORT".to_owned(), base.to_string()),
+            ("WHARF_HTTP_PORT".to_owned(), wharf_tests::cluster::free_port().to_string()),
+            ("WHARF_BIN".to_owned(), wharf_tests::wharf_binary().display().to_string()),
+            ("WHARF_LOG".to_owned(), "warn".to_owned()),
+        ];
+        let cluster = ScriptCluster { dir, env };
+        cluster.run("cluster.sh", &["up", &nodes.to_string()]);
+        cluster
+    }
+
+    fn run(&self, script: &str, args: &[&str]) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts").join(script);
+        let output = std::process::Command::new("bash")
+            .arg(&path)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run script");
+        assert!(
+            output.status.success(),
+            "{script} {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn front(&self) -> Wharf {
+        let url = std::fs::read_to_string(self.dir.path().join("front.url")).unwrap().trim().to_owned();
+        let token = std::fs::read_to_string(self.dir.path().join("node1/admin-token")).unwrap().trim().to_owned();
+        Wharf::attach(url, token, self.dir.path())
+    }
+}
+
+impl Drop for ScriptCluster {
+    fn drop(&mut self) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh");
+        let _ = std::process::Command::new("bash")
+            .arg(path)
+            .arg("down")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output();
+    }
+}
+
+#[test]
+fn a_rolling_restart_with_the_script_fails_no_read_and_loses_no_push() {
+    let cluster = ScriptCluster::up(3);
+    let front = cluster.front();
+    let names: Vec<String> = (0..12).map(|i| format!("roll/repo{i}")).collect();
+    let mut heads = std::collections::BTreeMap::new();
+    for (i, name) in names.iter().enumerate() {
+        front.create_repo(name);
+        if i % 2 == 0 {
+            let work = tempfile::tempdir().unwrap();
+            heads.insert(name.clone(), push_project(&front, name, work.path()));
+        }
+    }
+    let pushed_to = names[1].clone();
+    let stop: Stop = Default::default();
+    let reader = spawn_reader(front.url.clone(), heads.keys().cloned().collect(), stop.clone());
+    let pusher = spawn_pusher(front.push_url(&pushed_to), stop.clone());
+
+    cluster.run("rolling-restart.sh", &[]);
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (reads, failures) = reader.join().unwrap();
+    let (acknowledged, push_failures) = pusher.join().unwrap();
+    assert!(reads > 0);
+    assert!(failures.is_empty(), "{} of {reads} reads failed during the rolling restart: {failures:?}", failures.len());
+    assert!(push_failures.is_empty(), "pushes failed during the rolling restart: {push_failures:?}");
+    assert_pushes_kept(&front, &pushed_to, &acknowledged);
+    for (name, head) in &heads {
+        let branches = front.get(&format!("/api/v1/repos/{name}/branches"));
+        assert_eq!(branches.json["branches"][0]["commit"], *head, "{name} kept its content");
+    }
+    let status = front.get("/api/v1/cluster");
+    assert_eq!(status.json["balanced"], true, "{:?}", status.json);
 }

@@ -185,10 +185,19 @@ impl Wharf {
         Wharf::ready(process, url, token, data_dir)
     }
 
+    /// A front someone else runs (a script), once `/healthz` answers.
+    pub fn attach(url: String, token: String, data_dir: &Path) -> Wharf {
+        Wharf::wrap(None, url, token, data_dir)
+    }
+
     /// Wraps a front that printed its URL, once `/healthz` answers.
     pub fn ready(process: Process, url: String, token: String, data_dir: &Path) -> Wharf {
+        Wharf::wrap(Some(process), url, token, data_dir)
+    }
+
+    fn wrap(process: Option<Process>, url: String, token: String, data_dir: &Path) -> Wharf {
         let wharf = Wharf {
-            process: Some(process),
+            process,
             url,
             token,
             data_dir: data_dir.to_owned(),

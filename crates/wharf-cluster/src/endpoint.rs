@@ -9,7 +9,7 @@ use std::time::Duration;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
-use wharf_meta::{Command, Meta, RaftTransport, TransportFuture};
+use wharf_meta::{Command, Meta, RaftTransport, TransportError, TransportFuture};
 use wharf_proto::NodeId;
 
 use crate::JoinRequest;
@@ -159,15 +159,19 @@ impl RaftTransport for ActorTransport {
     fn call(&self, target: u64, payload: Vec<u8>) -> TransportFuture {
         let timeout = self.timeout;
         Box::pin(async move {
-            let endpoint = endpoint_of(target).ok_or_else(|| format!("node {target} is not connected"))?;
-            call(&endpoint, |port| RaftMessage::Rpc(payload, port), timeout).await
+            let endpoint = endpoint_of(target).ok_or(TransportError::NotConnected(target))?;
+            call(&endpoint, |port| RaftMessage::Rpc(payload, port), timeout)
+                .await
+                .map_err(TransportError::NoAnswer)
         })
     }
 
     fn forward(&self, target: u64, payload: Vec<u8>) -> TransportFuture {
         Box::pin(async move {
-            let endpoint = endpoint_of(target).ok_or_else(|| format!("node {target} is not connected"))?;
-            call(&endpoint, |port| RaftMessage::Write(payload, port), wharf_meta::WRITE_TIMEOUT).await
+            let endpoint = endpoint_of(target).ok_or(TransportError::NotConnected(target))?;
+            call(&endpoint, |port| RaftMessage::Write(payload, port), wharf_meta::WRITE_TIMEOUT)
+                .await
+                .map_err(TransportError::NoAnswer)
         })
     }
 }

@@ -596,7 +596,23 @@ async fn cluster_status(State(state): State<Shared>, headers: HeaderMap) -> ApiR
         .filter(|(id, _)| !storage.contains(id))
         .map(|(id, role)| json!({"id": id, "raft_role": role}))
         .collect();
-    json_ok(json!({ "nodes": nodes, "other_members": others }))
+    let members: Vec<Member> = state
+        .directory
+        .nodes()
+        .iter()
+        .filter(|n| n.state == NodeState::Active)
+        .map(|n| Member { id: n.id.0, weight: n.weight })
+        .collect();
+    let misplaced = repos
+        .iter()
+        .filter(|r| wharf_placement::owner(&members, wharf_placement::key_of(&r.name.to_string())) != Some(r.node.0))
+        .count();
+    json_ok(json!({
+        "nodes": nodes,
+        "other_members": others,
+        "misplaced": misplaced,
+        "balanced": misplaced == 0,
+    }))
 }
 
 async fn drain_node(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {

@@ -36,6 +36,9 @@ pub enum Command {
     },
     /// Record the ref updates of one push.
     RecordPush {
+        /// Names this push uniquely, so that proposing it twice (a retry after a lost answer)
+        /// records it once.
+        push_id: String,
         /// The repository.
         repo: RepoId,
         /// What changed.
@@ -69,6 +72,17 @@ pub enum Command {
         /// Whom it authenticates.
         principal: Principal,
     },
+}
+
+impl Command {
+    /// Whether applying the command twice has the same effect as once, so that a proposal
+    /// whose answer was lost can be sent again.
+    pub fn is_idempotent(&self) -> bool {
+        matches!(
+            self,
+            Command::AddNode { .. } | Command::RecordPush { .. } | Command::SetNodeState { .. } | Command::AddToken { .. }
+        )
+    }
 }
 
 /// One ref changed by a push.
@@ -120,9 +134,28 @@ pub struct State {
     events: BTreeMap<u64, Vec<PushEvent>>,
     /// Principals by token hash.
     tokens: BTreeMap<String, Principal>,
+    /// The last [`RECENT_PUSHES`] pushes by id, to recognise a push proposed twice.
+    #[serde(default)]
+    recent_pushes: BTreeMap<String, Vec<PushEvent>>,
+    #[serde(default)]
+    recent_order: std::collections::VecDeque<String>,
 }
 
+/// How many push ids the state remembers. A retry comes seconds after the first proposal, so
+/// a few thousand is far more than enough.
+const RECENT_PUSHES: usize = 4096;
+
 impl State {
+    fn remember_push(&mut self, push_id: String, events: Vec<PushEvent>) {
+        self.recent_order.push_back(push_id.clone());
+        self.recent_pushes.insert(push_id, events);
+        while self.recent_order.len() > RECENT_PUSHES {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent_pushes.remove(&old);
+            }
+        }
+    }
+
     /// Applies one command.
     pub fn apply(&mut self, command: Command) -> CommandResult {
         match command {
@@ -153,6 +186,7 @@ impl State {
                 Ok(CommandOutcome::Done)
             }
             Command::RecordPush {
+                push_id,
                 repo,
                 updates,
                 pusher,
@@ -162,6 +196,9 @@ impl State {
                     return Err(ApiError::RepoNotFound {
                         repo: format!("#{repo}"),
                     });
+                }
+                if let Some(recorded) = self.recent_pushes.get(&push_id) {
+                    return Ok(CommandOutcome::Pushed(recorded.clone()));
                 }
                 let events = self.events.entry(repo.0).or_default();
                 let mut recorded = Vec::with_capacity(updates.len());
@@ -178,6 +215,7 @@ impl State {
                     events.push(event.clone());
                     recorded.push(event);
                 }
+                self.remember_push(push_id, recorded.clone());
                 Ok(CommandOutcome::Pushed(recorded))
             }
             Command::MoveRepo { name, from, to } => {
@@ -301,6 +339,7 @@ mod tests {
         };
         let push = |state: &mut State, updates| {
             state.apply(Command::RecordPush {
+                push_id: format!("push-{}", state.recent_order.len()),
                 repo: RepoId(1),
                 updates,
                 pusher: "ada".into(),
@@ -318,6 +357,7 @@ mod tests {
 
     fn push_to_missing(state: &mut State) -> CommandResult {
         state.apply(Command::RecordPush {
+            push_id: "missing".into(),
             repo: RepoId(99),
             updates: vec![],
             pusher: "x".into(),

@@ -25,7 +25,7 @@ use serde::Serialize;
 use wharf_proto::{Directory, NodeId};
 
 pub use command::{hash_token, Command, CommandOutcome, CommandResult, RefUpdate, State};
-pub use network::{RaftTransport, TransportFuture};
+pub use network::{RaftTransport, TransportError, TransportFuture};
 
 openraft::declare_raft_types!(
     /// Wharf's Raft types: commands in, command results out, nodes known by address.
@@ -276,10 +276,15 @@ impl Meta {
                 }
                 other => other,
             };
+            // A write known not to have been applied is retried; so is any write that is
+            // harmless to apply twice. Others might hide an applied write behind a lost answer.
+            let retry = match &result {
+                Err(MetaError::NotLeader { .. }) => true,
+                Err(MetaError::Raft(_) | MetaError::Timeout(_)) => command.is_idempotent(),
+                _ => false,
+            };
             match result {
-                // Only a write known not to have been applied is retried: a lost answer
-                // might hide an applied one.
-                Err(error @ MetaError::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
+                Err(error) if retry && tokio::time::Instant::now() < deadline => {
                     tracing::debug!(%error, "metadata write not placed yet; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -301,10 +306,12 @@ impl Meta {
             return Err(MetaError::NotLeader { leader: Some(leader) });
         };
         let payload = serde_json::to_vec(command).map_err(|e| MetaError::Raft(e.to_string()))?;
-        let answer = transport
-            .forward(leader, payload)
-            .await
-            .map_err(|reason| MetaError::Raft(format!("forwarding to leader {leader}: {reason}")))?;
+        let answer = match transport.forward(leader, payload).await {
+            Ok(answer) => answer,
+            // Not sent at all: safe to try again once the connection or a new leader is there.
+            Err(network::TransportError::NotConnected(_)) => return Err(MetaError::NotLeader { leader: None }),
+            Err(error) => return Err(MetaError::Raft(format!("forwarding to leader {leader}: {error}"))),
+        };
         let answer: Result<CommandResult, ForwardRefusal> =
             serde_json::from_slice(&answer).map_err(|e| MetaError::Raft(format!("undecodable answer from the leader: {e}")))?;
         answer.map_err(|refusal| match refusal {

@@ -26,7 +26,18 @@ use serde::{Deserialize, Serialize};
 use crate::TypeConfig;
 
 /// What a transport's call returns: the peer's encoded answer, or why it did not arrive.
-pub type TransportFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
+pub type TransportFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, TransportError>> + Send>>;
+
+/// Why a message did not get an answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    /// There is no connection to the peer: the message was not sent.
+    #[error("node {0} is not connected")]
+    NotConnected(u64),
+    /// It was sent, but no answer came (the peer may or may not have acted on it).
+    #[error("{0}")]
+    NoAnswer(String),
+}
 
 /// Carries one encoded Raft RPC to node `target` and brings back its encoded answer.
 ///
@@ -90,7 +101,7 @@ impl Peer {
         let answer = transport
             .call(self.target, payload)
             .await
-            .map_err(|reason| self.unreachable(reason))?;
+            .map_err(|error| self.unreachable(error.to_string()))?;
         let answer: Result<T, E> =
             serde_json::from_slice(&answer).map_err(|e| self.unreachable(format!("undecodable answer: {e}")))?;
         answer.map_err(|error| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), error)))

@@ -32,6 +32,7 @@ async fn writes_survive_a_restart() {
         let duplicate = meta.write(create("acme/app")).await.unwrap();
         assert!(matches!(duplicate, Err(ApiError::RepoExists { .. })));
         let push = Command::RecordPush {
+            push_id: "n1-s1".into(),
             repo: record.id,
             updates: vec![RefUpdate {
                 ref_name: "refs/heads/main".into(),
@@ -41,6 +42,7 @@ async fn writes_survive_a_restart() {
             pusher: "ada".into(),
             now_ms: 2,
         };
+        meta.write(push.clone()).await.unwrap().unwrap();
         meta.write(push).await.unwrap().unwrap();
         let token = Command::AddToken {
             token_hash: hash_token("t0ken"),
@@ -80,7 +82,7 @@ impl crate::RaftTransport for LocalTransport {
         Box::pin(async move {
             match peer {
                 Some(meta) => Ok(meta.handle_rpc(&payload).await),
-                None => Err(format!("node {target} is down")),
+                None => Err(crate::TransportError::NotConnected(target)),
             }
         })
     }
@@ -90,7 +92,7 @@ impl crate::RaftTransport for LocalTransport {
         Box::pin(async move {
             match peer {
                 Some(meta) => Ok(meta.handle_forwarded_write(&payload).await),
-                None => Err(format!("node {target} is down")),
+                None => Err(crate::TransportError::NotConnected(target)),
             }
         })
     }

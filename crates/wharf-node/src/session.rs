@@ -115,6 +115,8 @@ struct PushRecord {
     refs_before: BTreeMap<String, String>,
     /// Who pushes.
     user: String,
+    /// Unique name of this push in the metadata store, so a retried record is applied once.
+    push_id: String,
     /// Dropped when the session ends: releases the repository's write turn.
     _write_turn: oneshot::Sender<()>,
 }
@@ -133,9 +135,14 @@ pub(crate) async fn start(
             let refs_before = tokio::task::spawn_blocking(move || git.refs())
                 .await
                 .map_err(|e| ApiError::internal("snapshot refs", e))??;
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
             Some(PushRecord {
                 refs_before,
                 user: open.user.clone(),
+                push_id: format!("{}-{}-{nanos}", repo.node.config.id, repo.id),
                 _write_turn: turn,
             })
         }
@@ -356,6 +363,7 @@ async fn record_or_undo(repo: &RepoContext, record: PushRecord) -> Result<(), Ap
         return Ok(());
     }
     let command = Command::RecordPush {
+        push_id: record.push_id.clone(),
         repo: repo.id,
         updates: updates.clone(),
         pusher: record.user.clone(),

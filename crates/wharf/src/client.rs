@@ -26,7 +26,22 @@ impl Server {
         })
     }
 
+    /// Sends a request; a 503 (a node or the metadata leader is briefly away) is retried
+    /// for up to a minute, as its `Retry-After` asks.
     async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match self.send_once(method.clone(), path, body.clone()).await {
+                Err(error) if error.to_string().starts_with("503") && std::time::Instant::now() < deadline => {
+                    eprintln!("wharf: {error}; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn send_once(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.url.trim_end_matches('/'));
         let mut request = reqwest::Client::new().request(method, &url);
         if let Some(token) = self.token() {
@@ -125,6 +140,12 @@ pub enum ClusterCommand {
         /// The node's id.
         node: u64,
     },
+    /// Wait until every node answers and every repository is on its desired node.
+    Wait {
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
 }
 
 pub async fn cluster(server: Server, command: ClusterCommand) -> anyhow::Result<()> {
@@ -133,6 +154,24 @@ pub async fn cluster(server: Server, command: ClusterCommand) -> anyhow::Result<
         ClusterCommand::Status => {
             let status = server.send(Method::GET, "/api/v1/cluster", None).await?;
             print_status(&status);
+        }
+        ClusterCommand::Wait { timeout } => {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            loop {
+                let status = server.send(Method::GET, "/api/v1/cluster", None).await?;
+                let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
+                let unreachable = nodes.iter().filter(|n| n["reachable"] != true).count();
+                let misplaced = status["misplaced"].as_u64().unwrap_or(0);
+                if unreachable == 0 && misplaced == 0 {
+                    println!("cluster healthy and balanced: {} nodes", nodes.len());
+                    return Ok(());
+                }
+                println!("waiting: {unreachable} nodes unreachable, {misplaced} repositories to move");
+                if std::time::Instant::now() > deadline {
+                    bail!("the cluster is not healthy and balanced after {timeout} s");
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
         }
         ClusterCommand::Undrain { node } => {
             server.send(Method::POST, &format!("/api/v1/cluster/nodes/{node}/undrain"), None).await?;
@@ -165,6 +204,11 @@ pub async fn cluster(server: Server, command: ClusterCommand) -> anyhow::Result<
 }
 
 fn print_status(status: &Value) {
+    println!(
+        "balanced: {} ({} repositories to move)",
+        if status["balanced"] == true { "yes" } else { "no" },
+        status["misplaced"]
+    );
     println!("{:>4}  {:<22} {:<9} {:<9} {:>6} {:>7} {:>8}", "ID", "ADDRESS", "STATE", "RAFT", "REPOS", "ACTORS", "SESSIONS");
     for node in status["nodes"].as_array().into_iter().flatten() {
         let show = |v: &Value| v.as_u64().map(|n| n.to_string()).unwrap_or_else(|| "-".into());
