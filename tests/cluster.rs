@@ -82,6 +82,42 @@ fn repositories_spread_over_three_nodes_and_a_killed_node_only_takes_its_own_off
     // It learned what happened while it was away.
     let name = names_placed_on(3, 3, 2).remove(1);
     assert_eq!(front.create_repo(&name)["node"], 3);
+
+    // A front killed and started again serves at once, from its own copy of the state.
+    cluster.restart_front();
+    let front = &cluster.front;
+    // It serves at once from what it had; the last write before the kill may take one
+    // replication round to reach it.
+    wait_until("the restarted front sees every repository", Duration::from_secs(30), || {
+        front.get("/api/v1/repos").json["repos"].as_array().map(Vec::len) == Some(5)
+    });
+    let branches = front.get(&format!("/api/v1/repos/{on_three}/branches"));
+    assert_eq!(branches.json["branches"][0]["commit"], *head_three);
+}
+
+#[test]
+fn nodes_start_from_config_files_and_a_malformed_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = wharf_tests::cluster::free_port();
+    let config = dir.path().join("node1.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "id = 1\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\ncookie = \"{COOKIE}\"\nweight = 100\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut node = wharf_tests::Process::spawn("node1", &["node".into(), "--config".into(), config.display().to_string()]);
+    node.wait_for_line("wharf: node 1 ready", Duration::from_secs(90));
+    assert!(dir.path().join("data/admin-token").exists(), "the first node of a cluster writes the admin token");
+
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "id = \"one\"\nlisten = [").unwrap();
+    let mut refused = wharf_tests::Process::spawn("broken", &["node".into(), "--config".into(), broken.display().to_string()]);
+    let message = refused.wait_for_line("wharf: ", Duration::from_secs(30));
+    assert!(message.contains("not a valid config"), "{message}");
+    assert!(!refused.wait_exit(Duration::from_secs(30)).success());
 }
 
 #[test]

@@ -219,6 +219,13 @@ impl Wharf {
         }
     }
 
+    /// Kills the process with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
     /// Sends a request; `token` adds `Authorization: Bearer`.
     pub fn request(&self, method: &str, path: &str, body: Option<Vec<u8>>, token: Option<&str>) -> Answer {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");

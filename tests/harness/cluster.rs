@@ -22,6 +22,7 @@ pub struct LocalCluster {
     ports: Vec<u16>,
     /// The front.
     pub front: Wharf,
+    front_args: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -55,6 +56,7 @@ impl LocalCluster {
         ];
         let mut front = Process::spawn("front", &args);
         let url = front.wait_for_line("wharf: serving on ", START_DEADLINE);
+        let front_args = args.to_vec();
         let token = std::fs::read_to_string(dir.path().join("node1/admin-token"))
             .expect("node 1 wrote the admin token")
             .trim()
@@ -64,8 +66,24 @@ impl LocalCluster {
             nodes,
             ports,
             front,
+            front_args,
             dir,
         }
+    }
+
+    /// Kills the front and starts it again on its data: it rejoins from its own Raft state.
+    pub fn restart_front(&mut self) {
+        self.front.kill();
+        let args: Vec<String> = self.front_args.iter().filter(|a| !a.starts_with("--join")).cloned().collect();
+        // Drop the value that followed --join too.
+        let join_at = self.front_args.iter().position(|a| a == "--join").expect("front joined");
+        let joined = &self.front_args[join_at + 1];
+        let args: Vec<String> = args.into_iter().filter(|a| a != joined).collect();
+        let mut front = Process::spawn("front", &args);
+        let url = front.wait_for_line("wharf: serving on ", START_DEADLINE);
+        let token = self.front.token.clone();
+        let data_dir = self.front.data_dir.clone();
+        self.front = Wharf::ready(front, url, token, &data_dir);
     }
 
     /// Node `id`'s data directory.

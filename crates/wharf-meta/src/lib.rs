@@ -242,6 +242,25 @@ impl Meta {
         encoded.unwrap_or_default()
     }
 
+    /// Waits until a leader is known and everything in this member's log is applied: after a
+    /// restart, the commit index it remembered may be behind, and the first message from the
+    /// leader brings it up to date.
+    pub async fn wait_caught_up(&self, timeout: Duration) -> Result<(), MetaError> {
+        self.inner
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| {
+                    m.current_leader.is_some()
+                        && m.last_applied.map(|id| id.index) >= m.last_log_index
+                },
+                "caught up with the leader",
+            )
+            .await
+            .map(drop)
+            .map_err(|e| MetaError::Timeout(format!("catching up with the leader: {e}")))
+    }
+
     /// Waits until the applied state satisfies `condition`, for at most `timeout`.
     pub async fn wait_for_state(
         &self,

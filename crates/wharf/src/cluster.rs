@@ -157,6 +157,7 @@ pub async fn run_node(args: ProcessArgs) -> anyhow::Result<()> {
     } else {
         join_if_new(&cluster, &meta, &settings, Some(record)).await?;
     }
+    meta.wait_caught_up(START_TIMEOUT).await.context("the metadata did not catch up")?;
     let id = settings.id;
     meta.wait_for_state(START_TIMEOUT, "this node's record", |d| d.nodes().iter().any(|n| n.id == id))
         .await
@@ -186,6 +187,7 @@ pub async fn run_front(args: ProcessArgs) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let (cluster, meta) = connect(&settings).await?;
     join_if_new(&cluster, &meta, &settings, None).await?;
+    meta.wait_caught_up(START_TIMEOUT).await.context("the metadata did not catch up")?;
     meta.wait_for_state(START_TIMEOUT, "the cluster's nodes", |d| !d.nodes().is_empty())
         .await
         .context("the cluster's state did not arrive")?;
