@@ -5,18 +5,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use wharf_placement::{key_of, owner, Member};
-use wharf_tests::cluster::{LocalCluster, COOKIE};
+use wharf_tests::cluster::{names_placed_on, LocalCluster, COOKIE};
 use wharf_tests::{files_under, git_ok, wait_until, Wharf};
-
-/// Names of repositories that placement gives to node `node` in a cluster of `nodes`.
-fn names_placed_on(node: u64, nodes: u64, count: usize) -> Vec<String> {
-    let members: Vec<Member> = (1..=nodes).map(|id| Member { id, weight: 100 }).collect();
-    (0..)
-        .map(|i| format!("team/repo{i}"))
-        .filter(|name| owner(&members, key_of(name)) == Some(node))
-        .take(count)
-        .collect()
-}
 
 fn push_project(wharf: &Wharf, repo: &str, work: &std::path::Path) -> String {
     std::fs::create_dir_all(work.join("src")).unwrap();

@@ -147,3 +147,14 @@ fn node_args(dir: &tempfile::TempDir, ports: &[u16], id: u64, join: Option<Strin
     }
     args
 }
+
+/// Names of repositories that placement gives to node `node` among nodes `1..=nodes`.
+pub fn names_placed_on(node: u64, nodes: u64, count: usize) -> Vec<String> {
+    let members: Vec<wharf_placement::Member> =
+        (1..=nodes).map(|id| wharf_placement::Member { id, weight: 100 }).collect();
+    (0..)
+        .map(|i| format!("team/repo{i}"))
+        .filter(|name| wharf_placement::owner(&members, wharf_placement::key_of(name)) == Some(node))
+        .take(count)
+        .collect()
+}

@@ -1,0 +1,175 @@
+//! Wharf in Docker containers: one container per process on a private network, and a node cut
+//! off that network (not killed). Runs where a Docker engine answers; says so plainly and
+//! passes vacuously where none does, since such a machine cannot run it at all.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use wharf_tests::cluster::{free_port, names_placed_on};
+use wharf_tests::{files_under, git_ok, wait_until, wharf_binary, Wharf};
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().expect("run docker")
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let output = docker(args);
+    assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Containers and the network of one test, removed when dropped.
+struct DockerCluster {
+    prefix: String,
+    subnet: u8,
+    containers: Vec<String>,
+    image: String,
+}
+
+impl DockerCluster {
+    fn ip(&self, host: u8) -> String {
+        format!("172.31.{}.{host}", self.subnet)
+    }
+
+    fn network(&self) -> String {
+        format!("{}-net", self.prefix)
+    }
+
+    /// Starts a container running `wharf ARGS` at address `.host`; returns its name.
+    fn run(&mut self, name: &str, host: u8, publish: Option<u16>, args: &[String]) -> String {
+        let container = format!("{}-{name}", self.prefix);
+        let ip = self.ip(host);
+        let network = self.network();
+        let mut command = vec![
+            "run", "-d", "--name", &container, "--network", &network, "--ip", &ip, "-e", "WHARF_COOKIE=docker-test",
+            "-e", "WHARF_LOG=warn",
+        ];
+        let port_mapping;
+        if let Some(port) = publish {
+            port_mapping = format!("127.0.0.1:{port}:8080");
+            command.extend(["-p", &port_mapping]);
+        }
+        command.push(&self.image);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        command.extend(args);
+        docker_ok(&command);
+        self.containers.push(container.clone());
+        container
+    }
+
+    /// Waits until a container's output has a line starting with `prefix`; the rest of it.
+    fn wait_for_line(&self, container: &str, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            let logs = docker(&["logs", container]);
+            let text = String::from_utf8_lossy(&logs.stdout).into_owned() + &String::from_utf8_lossy(&logs.stderr);
+            if let Some(line) = text.lines().find_map(|line| line.strip_prefix(prefix)) {
+                return line.trim().to_owned();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{container} did not print {prefix:?}: {}", String::from_utf8_lossy(&docker(&["logs", container]).stderr));
+    }
+}
+
+impl Drop for DockerCluster {
+    fn drop(&mut self) {
+        for container in &self.containers {
+            let _ = docker(&["rm", "-f", container]);
+        }
+        let _ = docker(&["network", "rm", &self.network()]);
+        let _ = docker(&["image", "rm", &self.image]);
+    }
+}
+
+fn node_args(id: u8, ip: &str, join: Option<&str>) -> Vec<String> {
+    let mut args: Vec<String> = ["node", "--id", &id.to_string(), "--data-dir", "/data/node", "--listen", &format!("{ip}:7101")]
+        .map(String::from)
+        .to_vec();
+    if let Some(join) = join {
+        args.extend(["--join".to_owned(), format!("{join}:7101")]);
+    }
+    args
+}
+
+#[test]
+fn a_node_cut_off_its_network_takes_only_its_own_repositories_offline() {
+    if !docker(&["info"]).status.success() {
+        eprintln!("SKIPPED: no Docker engine answers `docker info` on this machine; the container test did not run");
+        return;
+    }
+    let pid = std::process::id();
+    let mut cluster = DockerCluster {
+        prefix: format!("wharf-test-{pid}"),
+        subnet: (pid % 200 + 20) as u8,
+        containers: Vec::new(),
+        image: format!("wharf:test-{pid}"),
+    };
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/docker-image.sh");
+    let built = Command::new("bash")
+        .arg(script)
+        .arg(wharf_binary())
+        .arg(&cluster.image)
+        .output()
+        .expect("build the image");
+    assert!(built.status.success(), "image build failed: {}", String::from_utf8_lossy(&built.stderr));
+    docker_ok(&["network", "create", "--subnet", &format!("172.31.{}.0/24", cluster.subnet), &cluster.network()]);
+
+    let first_ip = cluster.ip(11);
+    let one = cluster.run("node1", 11, None, &node_args(1, &first_ip, None));
+    let token = cluster.wait_for_line(&one, "wharf: new cluster; admin token ");
+    let token = token.split_whitespace().next().unwrap().to_owned();
+    let mut nodes = vec![one];
+    for id in 2..=3u8 {
+        let ip = cluster.ip(10 + id);
+        let name = cluster.run(&format!("node{id}"), 10 + id, None, &node_args(id, &ip, Some(&first_ip)));
+        cluster.wait_for_line(&name, &format!("wharf: node {id} ready"));
+        nodes.push(name);
+    }
+    let port = free_port();
+    let front_ip = cluster.ip(20);
+    let front_args: Vec<String> = [
+        "front", "--id", "100", "--data-dir", "/data/front", "--listen", &format!("{front_ip}:7200"), "--http", "0.0.0.0:8080",
+        "--join", &format!("{first_ip}:7101"),
+    ]
+    .map(String::from)
+    .to_vec();
+    let front_container = cluster.run("front", 20, Some(port), &front_args);
+    cluster.wait_for_line(&front_container, "wharf: serving on");
+    let front = Wharf::attach(format!("http://127.0.0.1:{port}"), token, std::path::Path::new("/tmp"));
+
+    // One repository on each node, pushed and cloned back through the front.
+    let mut repos = Vec::new();
+    for node in 1..=3 {
+        let name = names_placed_on(node, 3, 1).remove(0);
+        assert_eq!(front.create_repo(&name)["node"], node);
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(work.path().join("README.md"), format!("{name}\n")).unwrap();
+        git_ok(work.path(), &["init", "-q"]);
+        git_ok(work.path(), &["add", "."]);
+        git_ok(work.path(), &["commit", "-qm", "first"]);
+        git_ok(work.path(), &["push", "-q", &front.push_url(&name), "main"]);
+        let clone = tempfile::tempdir().unwrap();
+        git_ok(clone.path(), &["clone", "-q", &front.clone_url(&name), "copy"]);
+        assert_eq!(files_under(&clone.path().join("copy")), files_under(work.path()));
+        repos.push(name);
+    }
+
+    // Node 3 is cut off the network, not killed: its repository becomes unavailable (503
+    // with Retry-After), the others and the metadata keep working.
+    docker_ok(&["network", "disconnect", &cluster.network(), &nodes[2]]);
+    wait_until("node 3's repository is reported unavailable", Duration::from_secs(120), || {
+        front.get(&format!("/api/v1/repos/{}/branches", repos[2])).status == 503
+    });
+    for repo in &repos[..2] {
+        assert_eq!(front.get(&format!("/api/v1/repos/{repo}/branches")).status, 200, "{repo}");
+    }
+    let newcomer = names_placed_on(1, 3, 2).remove(1);
+    assert_eq!(front.create_repo(&newcomer)["node"], 1);
+
+    // Reconnected, it serves again with its data.
+    docker_ok(&["network", "connect", "--ip", &cluster.ip(13), &cluster.network(), &nodes[2]]);
+    wait_until("node 3's repository is served again", Duration::from_secs(180), || {
+        front.get(&format!("/api/v1/repos/{}/branches", repos[2])).status == 200
+    });
+}
