@@ -210,6 +210,20 @@ fn a_joining_node_takes_only_its_share_and_a_drained_node_gives_everything_away_
     let status = front.get("/api/v1/cluster");
     let two = status.json["nodes"].as_array().unwrap().iter().find(|n| n["id"] == 2).unwrap().clone();
     assert_eq!((two["repos"].as_u64(), two["state"].as_str()), (Some(0), Some("drained")));
+
+    // Only a drained node may leave; then it is gone from the records and the Raft group.
+    let refused = front.delete("/api/v1/cluster/nodes/3");
+    assert_eq!((refused.status, refused.error_code()), (400, "invalid_request"), "{refused:?}");
+    let left = front.delete("/api/v1/cluster/nodes/2");
+    assert_eq!(left.status, 204, "{left:?}");
+    wait_until("node 2 is out of the Raft group", Duration::from_secs(60), || {
+        let status = front.get("/api/v1/cluster");
+        let listed = |list: &str| status.json[list].as_array().unwrap().iter().any(|n| n["id"] == 2);
+        !listed("nodes") && !listed("other_members")
+    });
+    cluster.kill_node(2);
+    let front = &cluster.front;
+    assert_eq!(front.create_repo("fleet/after-leave")["name"], "fleet/after-leave");
 }
 
 type Stop = std::sync::Arc<std::sync::atomic::AtomicBool>;

@@ -56,6 +56,7 @@ pub(crate) fn routes(state: Shared) -> Router<Shared> {
         .route("/api/v1/cluster", get(cluster_status))
         .route("/api/v1/cluster/nodes/{id}/drain", post(drain_node))
         .route("/api/v1/cluster/nodes/{id}/undrain", post(undrain_node))
+        .route("/api/v1/cluster/nodes/{id}", delete(remove_node))
         .route("/api/v1/repo/details", get(seed_details))
         .route("/api/v1/repo/branch", post(seed_create_branch))
         .layer(DefaultBodyLimit::max(state.config.max_api_body_bytes))
@@ -621,6 +622,25 @@ async fn drain_node(State(state): State<Shared>, headers: HeaderMap, Path(id): P
 
 async fn undrain_node(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
     set_node_state(&state, &headers, id, NodeState::Active).await
+}
+
+/// Removes a drained node from the cluster, through any other node.
+async fn remove_node(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
+    writer(&state, &headers)?;
+    let request = NodeRequest::RemoveMember {
+        node: wharf_proto::NodeId(id),
+    };
+    let mut last_error = None;
+    for candidate in state.directory.nodes().iter().map(|n| n.id).filter(|n| n.0 != id) {
+        match state.nodes.call(candidate, &request).await {
+            Ok(_) => return Ok(StatusCode::NO_CONTENT.into_response()),
+            Err(error @ ApiError::Unavailable { .. }) => last_error = Some(error),
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(last_error
+        .unwrap_or_else(|| ApiError::invalid(format!("node {id} is the only node; it cannot leave")))
+        .into())
 }
 
 /// Asks a reachable node (the one concerned if it answers) to record a state change.

@@ -58,6 +58,11 @@ pub enum Command {
         /// Its next owner.
         to: NodeId,
     },
+    /// Forget a storage node that holds nothing (it left the cluster).
+    RemoveNode {
+        /// The node.
+        node: NodeId,
+    },
     /// Change a member's state (drain, undrain, mark drained).
     SetNodeState {
         /// The member.
@@ -229,6 +234,13 @@ impl State {
                 }
                 record.node = to;
                 Ok(CommandOutcome::Repo(record.clone()))
+            }
+            Command::RemoveNode { node } => {
+                if self.repos.values().any(|r| r.node == node) {
+                    return Err(ApiError::invalid(format!("node {node} still owns repositories: drain it first")));
+                }
+                self.nodes.remove(&node.0);
+                Ok(CommandOutcome::Done)
             }
             Command::SetNodeState { node, state } => {
                 let record = self

@@ -213,12 +213,29 @@ impl Meta {
         if !known.voters.contains(&id) && !known.learners.contains(&id) {
             raft.add_learner(id, BasicNode { addr }, true)
                 .await
-                .map_err(|e| write_error(e))?;
+                .map_err(write_error)?;
         }
         if voter && !self.status().voters.contains(&id) {
             raft.change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), true)
                 .await
-                .map_err(|e| write_error(e))?;
+                .map_err(write_error)?;
+        }
+        Ok(())
+    }
+
+    /// Takes node `id` out of the Raft group entirely (vote and replication). Only the
+    /// leader can; others answer [`MetaError::NotLeader`].
+    pub async fn remove_member(&self, id: u64) -> Result<(), MetaError> {
+        let raft = &self.inner.raft;
+        if self.status().voters.contains(&id) {
+            raft.change_membership(openraft::ChangeMembers::RemoveVoters([id].into()), false)
+                .await
+                .map_err(write_error)?;
+        }
+        if self.status().learners.contains(&id) {
+            raft.change_membership(openraft::ChangeMembers::RemoveNodes([id].into()), false)
+                .await
+                .map_err(write_error)?;
         }
         Ok(())
     }

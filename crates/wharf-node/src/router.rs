@@ -78,6 +78,34 @@ pub(crate) async fn forward(node: &NodeContext, target: NodeId, request: NodeReq
     }
 }
 
+/// Removes a drained, empty node from the Raft group and the records, at the leader.
+async fn remove_member(node: &Arc<NodeContext>, member: NodeId) -> Result<NodeReply, ApiError> {
+    let directory = node.meta.directory();
+    let record = directory
+        .nodes()
+        .into_iter()
+        .find(|n| n.id == member)
+        .ok_or_else(|| ApiError::invalid(format!("node {member} is not a storage node of this cluster")))?;
+    if record.state != wharf_proto::NodeState::Drained || directory.repos().iter().any(|r| r.node == member) {
+        return Err(ApiError::invalid(format!("node {member} must be drained before it leaves (it is {:?})", record.state)));
+    }
+    if member == node.config.id {
+        return Err(ApiError::invalid("a node cannot remove itself: ask another one"));
+    }
+    match node.meta.remove_member(member.0).await {
+        Ok(()) => {}
+        Err(wharf_meta::MetaError::NotLeader { leader: Some(leader) }) if leader != node.config.id.0 => {
+            return node.peers.call(NodeId(leader), &NodeRequest::RemoveMember { node: member }).await;
+        }
+        Err(error) => return Err(error.into_api("remove the node from the Raft group")),
+    }
+    match node.meta.write(Command::RemoveNode { node: member }).await {
+        Ok(Ok(_)) => Ok(NodeReply::Done),
+        Ok(Err(error)) => Err(error),
+        Err(error) => Err(error.into_api("remove the node's record")),
+    }
+}
+
 /// The node that owns repository `id` now, if it is not this one.
 fn owner_elsewhere(node: &NodeContext, id: RepoId, name: &RepoName) -> Option<NodeId> {
     let record = node.meta.directory().repo(name)?;
@@ -103,6 +131,10 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
     }
     match request {
         NodeRequest::Forwarded(inner) => route(node, *inner, reply, true).await,
+        NodeRequest::RemoveMember { node: member } => {
+            let node = node.clone();
+            tokio::spawn(async move { answer(reply, remove_member(&node, member).await) });
+        }
         NodeRequest::ImportRepo(import) => {
             let node = node.clone();
             tokio::spawn(async move { answer(reply, crate::mover::import(&node, import).await) });

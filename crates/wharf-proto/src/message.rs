@@ -104,6 +104,12 @@ pub enum NodeRequest {
         /// The transfer.
         transfer: u64,
     },
+    /// Remove a drained node from the cluster: from the Raft group, then its record. Only the
+    /// Raft leader does it; other nodes pass it on. Replies [`NodeReply::Done`].
+    RemoveMember {
+        /// The node.
+        node: NodeId,
+    },
     /// A request another node passed on because the repository moved here: served here
     /// whatever this node's (possibly lagging) view of the owner says, never passed on again.
     Forwarded(Box<NodeRequest>),

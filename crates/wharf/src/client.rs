@@ -140,6 +140,11 @@ pub enum ClusterCommand {
         /// The node's id.
         node: u64,
     },
+    /// Remove a drained node from the cluster (Raft group and records); then stop it.
+    Leave {
+        /// The node's id.
+        node: u64,
+    },
     /// Wait until every node answers and every repository is on its desired node.
     Wait {
         /// Give up after this many seconds.
@@ -154,6 +159,10 @@ pub async fn cluster(server: Server, command: ClusterCommand) -> anyhow::Result<
         ClusterCommand::Status => {
             let status = server.send(Method::GET, "/api/v1/cluster", None).await?;
             print_status(&status);
+        }
+        ClusterCommand::Leave { node } => {
+            server.send(Method::DELETE, &format!("/api/v1/cluster/nodes/{node}"), None).await?;
+            println!("node {node} has left the cluster; its process can be stopped");
         }
         ClusterCommand::Wait { timeout } => {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
