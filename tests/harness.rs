@@ -173,9 +173,15 @@ impl Answer {
 impl Wharf {
     /// Starts `wharf dev` on a free port with its data in `data_dir`.
     pub fn start(data_dir: &Path) -> Wharf {
+        Wharf::start_with(data_dir, &[])
+    }
+
+    /// Starts `wharf dev` with extra flags.
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Wharf {
         let args = ["dev", "--listen", "127.0.0.1:0", "--data-dir"].map(String::from);
         let mut args = args.to_vec();
         args.push(data_dir.display().to_string());
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut process = Process::spawn("dev", &args);
         let url = process.wait_for_line("wharf: serving on ", START_DEADLINE);
         let token = std::fs::read_to_string(data_dir.join("admin-token"))

@@ -489,3 +489,19 @@ fn a_gzip_compressed_protocol_v2_request_is_understood() {
         .unwrap();
     assert_eq!(broken.status(), 400, "a malformed gzip body is a client error");
 }
+
+#[test]
+fn repository_actors_activate_on_demand_and_passivate_when_idle() {
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start_with(data.path(), &["--actor-idle-secs", "1"]);
+    wharf.create_repo("acme/idle");
+    let work = tempfile::tempdir().unwrap();
+    let head = make_project(work.path());
+    git_ok(work.path(), &["push", "-q", &wharf.push_url("acme/idle"), "main"]);
+    let actors = || wharf.get("/api/v1/cluster").json["nodes"][0]["actors"].as_u64();
+    assert_eq!(actors(), Some(1), "the push activated the repository's actor");
+    wharf_tests::wait_until("the idle actor is passivated", std::time::Duration::from_secs(60), || actors() == Some(0));
+    // The next request activates it again, with everything in place.
+    assert_eq!(branch_tip(&wharf, "acme/idle", "main"), head);
+    assert_eq!(actors(), Some(1));
+}

@@ -705,7 +705,6 @@ async fn seed_create_branch(State(state): State<Shared>, headers: HeaderMap, Jso
         NodeReply::Branch(branch) => created(json!({
             "message": "Branch created successfully",
             "branch_name": branch.name,
-            "commit": branch.commit,
         })),
         other => Err(unexpected(other).into()),
     }

@@ -19,7 +19,7 @@ use crate::bootstrap::{admin_token, register_node, shutdown_signal};
 const DEV_NODE: NodeId = NodeId(1);
 
 /// Runs until SIGINT or SIGTERM, then stops the front, the node and the Raft group in turn.
-pub async fn run(data_dir: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn run(data_dir: PathBuf, listen: SocketAddr, actor_idle_timeout: std::time::Duration) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -39,7 +39,9 @@ pub async fn run(data_dir: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
     register_node(&meta, record).await?;
     let token = admin_token(&meta, &data_dir).await?;
 
-    let node = StorageNode::start(NodeConfig::new(DEV_NODE, data_dir.clone()), meta.clone())
+    let mut node_config = NodeConfig::new(DEV_NODE, data_dir.clone());
+    node_config.actor_idle_timeout = actor_idle_timeout;
+    let node = StorageNode::start(node_config, meta.clone())
         .await
         .context("cannot start the storage node")?;
     let public_url = format!("http://{address}");

@@ -32,6 +32,9 @@ enum Command {
         /// The HTTP address to serve on (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Seconds a repository actor stays active with nothing to do.
+        #[arg(long, env = "WHARF_ACTOR_IDLE_SECS", default_value_t = 300)]
+        actor_idle_secs: u64,
     },
     /// Run a storage node of a cluster (the first one starts the cluster; others --join it).
     Node {
@@ -84,7 +87,11 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Dev { data_dir, listen } => dev::run(data_dir, listen).await,
+            Command::Dev {
+                data_dir,
+                listen,
+                actor_idle_secs,
+            } => dev::run(data_dir, listen, std::time::Duration::from_secs(actor_idle_secs)).await,
             Command::Node { args } => cluster::run_node(args).await,
             Command::Front { args } => cluster::run_front(args).await,
             Command::Repo { server, command } => client::repo(server, command).await,
