@@ -54,8 +54,16 @@ fn main() {
     }
 
     eprintln!("bench: rebalancing {REPOS} repositories");
+    let small = work.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    std::fs::write(small.join("README.md"), "small\n").unwrap();
+    git_ok(&small, &["init", "-q"]);
+    git_ok(&small, &["add", "."]);
+    git_ok(&small, &["commit", "-qm", "small"]);
     for i in 0..REPOS {
-        cluster.front.create_repo(&format!("fleet/r{i}"));
+        let name = format!("fleet/r{i}");
+        cluster.front.create_repo(&name);
+        git_ok(&small, &["push", "-q", &cluster.front.push_url(&name), "main"]);
     }
     let before = owners(&cluster.front);
     let started = Instant::now();
@@ -80,7 +88,7 @@ fn main() {
     let drain_time = started.elapsed();
 
     println!();
-    println!("| Rebalancing ({} repositories, 1 commit each in the first 1, empty otherwise) | figure |", after.len());
+    println!("| Rebalancing ({} repositories, each with one small commit; 3 nodes, then 4) | figure |", after.len());
     println!("|---|---|");
     println!("| node 4 joins: repositories moved | {moved} ({:.1}%), {to_new} of them to node 4 |", moved as f64 * 100.0 / after.len() as f64);
     println!("| node 4 joins: time until placement is satisfied | {:.1} s ({:.0} ms per move) |", join_time.as_secs_f64(), join_time.as_millis() as f64 / moved.max(1) as f64);

@@ -352,29 +352,33 @@ impl Drop for ScriptCluster {
 fn a_rolling_restart_with_the_script_fails_no_read_and_loses_no_push() {
     let cluster = ScriptCluster::up(3);
     let front = cluster.front();
-    let names: Vec<String> = (0..12).map(|i| format!("roll/repo{i}")).collect();
+    // 50 repositories with content, read in a loop; pushes go on to two more.
+    let names: Vec<String> = (0..50).map(|i| format!("roll/repo{i}")).collect();
     let mut heads = std::collections::BTreeMap::new();
-    for (i, name) in names.iter().enumerate() {
+    for name in &names {
         front.create_repo(name);
-        if i % 2 == 0 {
-            let work = tempfile::tempdir().unwrap();
-            heads.insert(name.clone(), push_project(&front, name, work.path()));
-        }
+        let work = tempfile::tempdir().unwrap();
+        heads.insert(name.clone(), push_project(&front, name, work.path()));
     }
-    let pushed_to = names[1].clone();
+    let pushed_to = ["roll/pushed0".to_owned(), "roll/pushed1".to_owned()];
+    for name in &pushed_to {
+        front.create_repo(name);
+    }
     let stop: Stop = Default::default();
     let reader = spawn_reader(front.url.clone(), heads.keys().cloned().collect(), stop.clone());
-    let pusher = spawn_pusher(front.push_url(&pushed_to), stop.clone());
+    let pushers: Vec<_> = pushed_to.iter().map(|name| spawn_pusher(front.push_url(name), stop.clone())).collect();
 
     cluster.run("rolling-restart.sh", &[]);
 
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (reads, failures) = reader.join().unwrap();
-    let (acknowledged, push_failures) = pusher.join().unwrap();
     assert!(reads > 0);
     assert!(failures.is_empty(), "{} of {reads} reads failed during the rolling restart: {failures:?}", failures.len());
-    assert!(push_failures.is_empty(), "pushes failed during the rolling restart: {push_failures:?}");
-    assert_pushes_kept(&front, &pushed_to, &acknowledged);
+    for (pusher, name) in pushers.into_iter().zip(&pushed_to) {
+        let (acknowledged, push_failures) = pusher.join().unwrap();
+        assert!(push_failures.is_empty(), "pushes to {name} failed during the rolling restart: {push_failures:?}");
+        assert_pushes_kept(&front, name, &acknowledged);
+    }
     for (name, head) in &heads {
         let branches = front.get(&format!("/api/v1/repos/{name}/branches"));
         assert_eq!(branches.json["branches"][0]["commit"], *head, "{name} kept its content");

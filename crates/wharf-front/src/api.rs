@@ -588,6 +588,7 @@ async fn cluster_status(State(state): State<Shared>, headers: HeaderMap) -> ApiR
             "repos": repos.iter().filter(|r| r.node == node.id).count(),
             "actors": stats.as_ref().map(|s| s.actors),
             "sessions": stats.as_ref().map(|s| s.sessions),
+            "moves": stats.as_ref().map(|s| s.moves),
             "reachable": stats.is_some(),
         }));
     }
