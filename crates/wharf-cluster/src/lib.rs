@@ -131,12 +131,22 @@ impl Cluster {
     }
 
     /// Waits until the Raft endpoint of some other member is reachable: the handshake is done
-    /// and the process groups are synchronised.
-    pub async fn wait_for_peer(&self, timeout: Duration) -> Result<(), ClusterError> {
+    /// and the process groups are synchronised. Dials `peers` again every couple of seconds
+    /// meanwhile, so a process may start before the member it joins through.
+    pub async fn wait_for_peer(&self, peers: &[String], timeout: Duration) -> Result<(), ClusterError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut next_dial = tokio::time::Instant::now();
         while tokio::time::Instant::now() < deadline {
             if endpoint::any_peer_endpoint(self.id).is_some() {
                 return Ok(());
+            }
+            if tokio::time::Instant::now() >= next_dial {
+                for peer in peers {
+                    if let Err(error) = self.connect(peer).await {
+                        tracing::info!(%error, "member not reachable yet");
+                    }
+                }
+                next_dial = tokio::time::Instant::now() + Duration::from_secs(2);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -128,7 +128,7 @@ async fn join_if_new(cluster: &Cluster, meta: &Meta, settings: &Settings, storag
     if meta.is_initialized().await? {
         return Ok(());
     }
-    cluster.wait_for_peer(START_TIMEOUT).await?;
+    cluster.wait_for_peer(&settings.join, START_TIMEOUT).await?;
     let request = JoinRequest {
         id: settings.id.0,
         addr: settings.listen.to_string(),
