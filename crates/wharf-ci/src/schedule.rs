@@ -1,0 +1,106 @@
+//! Which jobs of a running pipeline start next, which can no longer run, and what the
+//! pipeline's status is: decided from the jobs' statuses alone, so every node decides alike.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Pipeline;
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting for the jobs it depends on.
+    Created,
+    /// Ready, waiting for a runner slot.
+    Queued,
+    /// On a runner.
+    Running,
+    /// Its script succeeded.
+    Passed,
+    /// Its script failed.
+    Failed,
+    /// Stopped by a user, or never run because its pipeline was canceled.
+    Canceled,
+    /// Killed at its timeout.
+    TimedOut,
+    /// Never run because a job it depends on did not pass.
+    Skipped,
+}
+
+impl JobStatus {
+    /// Whether the job will not change any more (unless retried).
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Passed | JobStatus::Failed | JobStatus::Canceled | JobStatus::TimedOut | JobStatus::Skipped
+        )
+    }
+}
+
+/// What to do with one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Everything it depends on passed: queue it.
+    Start(String),
+    /// Something it depends on did not pass: it will not run.
+    Skip(String),
+}
+
+/// A pipeline's status, from its jobs'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PipelineStatus {
+    /// No job has started yet.
+    Queued,
+    /// Some job is queued or running, or waiting for others.
+    Running,
+    /// Every job passed.
+    Passed,
+    /// Every job finished and one failed or timed out.
+    Failed,
+    /// Every job finished and the pipeline was canceled.
+    Canceled,
+}
+
+/// The next steps for the jobs in `statuses` (the jobs of this run, by name).
+pub fn schedule(pipeline: &Pipeline, statuses: &BTreeMap<String, JobStatus>) -> Vec<Step> {
+    let present: BTreeSet<String> = statuses.keys().cloned().collect();
+    let mut steps = Vec::new();
+    for (name, status) in statuses {
+        if *status != JobStatus::Created {
+            continue;
+        }
+        let Some(job) = pipeline.jobs.get(name) else {
+            continue;
+        };
+        let dependencies = pipeline.dependencies(job, &present);
+        let status_of = |dependency: &String| statuses.get(dependency).copied().unwrap_or(JobStatus::Created);
+        if dependencies.iter().all(|d| status_of(d) == JobStatus::Passed) {
+            steps.push(Step::Start(name.clone()));
+        } else if dependencies.iter().any(|d| status_of(d).is_finished() && status_of(d) != JobStatus::Passed) {
+            steps.push(Step::Skip(name.clone()));
+        }
+    }
+    steps
+}
+
+/// The status of a pipeline whose jobs have `statuses`.
+pub fn pipeline_status(statuses: &BTreeMap<String, JobStatus>) -> PipelineStatus {
+    let all = || statuses.values().copied();
+    if !all().all(JobStatus::is_finished) {
+        let started = all().any(|s| s != JobStatus::Created && s != JobStatus::Queued);
+        return if started { PipelineStatus::Running } else { PipelineStatus::Queued };
+    }
+    if all().any(|s| matches!(s, JobStatus::Failed | JobStatus::TimedOut)) {
+        PipelineStatus::Failed
+    } else if all().any(|s| s == JobStatus::Canceled) {
+        PipelineStatus::Canceled
+    } else if all().all(|s| s == JobStatus::Passed) {
+        PipelineStatus::Passed
+    } else {
+        // Only skipped jobs besides passed ones: something upstream did not pass.
+        PipelineStatus::Failed
+    }
+}
