@@ -3,41 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
+pub use wharf_proto::{JobStatus, PipelineStatus};
 
 use crate::Pipeline;
-
-/// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    /// Waiting for the jobs it depends on.
-    Created,
-    /// Ready, waiting for a runner slot.
-    Queued,
-    /// On a runner.
-    Running,
-    /// Its script succeeded.
-    Passed,
-    /// Its script failed.
-    Failed,
-    /// Stopped by a user, or never run because its pipeline was canceled.
-    Canceled,
-    /// Killed at its timeout.
-    TimedOut,
-    /// Never run because a job it depends on did not pass.
-    Skipped,
-}
-
-impl JobStatus {
-    /// Whether the job will not change any more (unless retried).
-    pub fn is_finished(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Passed | JobStatus::Failed | JobStatus::Canceled | JobStatus::TimedOut | JobStatus::Skipped
-        )
-    }
-}
 
 /// What to do with one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,22 +14,6 @@ pub enum Step {
     Start(String),
     /// Something it depends on did not pass: it will not run.
     Skip(String),
-}
-
-/// A pipeline's status, from its jobs'.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PipelineStatus {
-    /// No job has started yet.
-    Queued,
-    /// Some job is queued or running, or waiting for others.
-    Running,
-    /// Every job passed.
-    Passed,
-    /// Every job finished and one failed or timed out.
-    Failed,
-    /// Every job finished and the pipeline was canceled.
-    Canceled,
 }
 
 /// The next steps for the jobs in `statuses` (the jobs of this run, by name).

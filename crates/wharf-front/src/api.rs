@@ -53,6 +53,9 @@ pub(crate) fn routes(state: Shared) -> Router<Shared> {
         .route(&format!("{repo}/compare"), get(compare))
         .route(&format!("{repo}/merges"), post(merge))
         .route(&format!("{repo}/events"), get(events))
+        .route(&format!("{repo}/pipelines"), get(list_pipelines))
+        .route("/api/v1/pipelines/{id}", get(show_pipeline))
+        .route("/api/v1/jobs/{id}/log", get(job_log))
         .route("/api/v1/cluster", get(cluster_status))
         .route("/api/v1/cluster/nodes/{id}/drain", post(drain_node))
         .route("/api/v1/cluster/nodes/{id}/undrain", post(undrain_node))
@@ -562,6 +565,60 @@ async fn events(
     let limit = query.limit.unwrap_or(EVENT_PAGE.0).clamp(1, EVENT_PAGE.1);
     let events = state.directory.push_events(record.id, query.after, limit);
     json_ok(json!({ "events": events }))
+}
+
+// ---- pipelines ----
+
+async fn list_pipelines(State(state): State<Shared>, headers: HeaderMap, Path((owner, name)): Path<(String, String)>) -> ApiResult {
+    reader(&state, &headers)?;
+    let name = repo_name(&owner, &name)?;
+    let record = record_of(&state, &name)?;
+    let pipelines: Vec<Value> = state
+        .directory
+        .pipelines(record.id, 100)
+        .into_iter()
+        .map(|p| json!({"id": p.id, "ref": p.ref_name, "sha": p.sha, "status": p.status, "error": p.error, "created_ms": p.created_ms}))
+        .collect();
+    json_ok(json!({ "pipelines": pipelines }))
+}
+
+async fn show_pipeline(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
+    reader(&state, &headers)?;
+    let pipeline = state
+        .directory
+        .pipeline(id)
+        .ok_or_else(|| ApiError::NotFound { what: format!("pipeline {id}") })?;
+    let jobs: Vec<_> = pipeline.jobs.iter().filter_map(|job| state.directory.job(*job)).collect();
+    let mut body = json!(pipeline);
+    body["jobs"] = json!(jobs);
+    json_ok(body)
+}
+
+/// A job's log as text: everything written so far (the whole log once it has finished).
+async fn job_log(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
+    reader(&state, &headers)?;
+    let job = state
+        .directory
+        .job(id)
+        .ok_or_else(|| ApiError::NotFound { what: format!("job {id}") })?;
+    let Some(node) = job.node else {
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Vec::new()).into_response());
+    };
+    let mut log = Vec::new();
+    loop {
+        let request = NodeRequest::JobLog { job: id, offset: log.len() as u64 };
+        match state.nodes.call(node, &request).await? {
+            NodeReply::Chunk(chunk) => {
+                let empty = chunk.data.is_empty();
+                log.extend(chunk.data);
+                if chunk.eof || empty {
+                    break;
+                }
+            }
+            other => return Err(unexpected(other).into()),
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], log).into_response())
 }
 
 // ---- the cluster ----

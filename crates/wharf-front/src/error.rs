@@ -22,7 +22,8 @@ pub fn status_of(error: &ApiError) -> StatusCode {
         ApiError::RepoNotFound { .. }
         | ApiError::RevisionNotFound { .. }
         | ApiError::PathNotFound { .. }
-        | ApiError::SessionNotFound { .. } => StatusCode::NOT_FOUND,
+        | ApiError::SessionNotFound { .. }
+        | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
         ApiError::RepoExists { .. }
         | ApiError::RefExists { .. }
         | ApiError::StaleParent { .. }

@@ -10,10 +10,13 @@ use std::collections::BTreeMap;
 use openraft::{BasicNode, LogId, StoredMembership};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use wharf_proto::{ApiError, Directory, NodeId, NodeRecord, NodeState, Principal, PushEvent, RepoId, RepoName, RepoRecord};
+use wharf_proto::{
+    ApiError, Directory, JobRecord, JobStatus, NodeId, NodeRecord, NodeState, PipelineRecord, PipelineStatus, Principal,
+    PushEvent, RepoId, RepoName, RepoRecord,
+};
 
 /// A change to the metadata, proposed through Raft.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Add or update a member.
     AddNode {
@@ -57,6 +60,40 @@ pub enum Command {
         from: NodeId,
         /// Its next owner.
         to: NodeId,
+    },
+    /// Start a pipeline for a pushed commit: its jobs in order as (name, stage), or the
+    /// reason its file was refused (then it fails at once and has no jobs).
+    CreatePipeline {
+        /// The repository.
+        repo: RepoId,
+        /// The ref pushed.
+        ref_name: String,
+        /// The commit.
+        sha: String,
+        /// Its jobs.
+        jobs: Vec<(String, String)>,
+        /// Why the file was refused.
+        error: Option<String>,
+        /// When.
+        now_ms: u64,
+    },
+    /// Move a job from status `from` to `to` (refused if it is no longer in `from`, so a job
+    /// is never counted twice).
+    UpdateJob {
+        /// The job.
+        job: u64,
+        /// The status it must have now.
+        from: JobStatus,
+        /// Its new status.
+        to: JobStatus,
+        /// The node running it.
+        node: Option<NodeId>,
+        /// Its exit code, when its script ended.
+        exit_code: Option<i32>,
+        /// Its coverage, when known.
+        coverage: Option<f64>,
+        /// When.
+        now_ms: u64,
     },
     /// Forget a storage node that holds nothing (it left the cluster).
     RemoveNode {
@@ -102,7 +139,7 @@ pub struct RefUpdate {
 }
 
 /// What an applied command produced.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CommandOutcome {
     /// The repository record created.
     Repo(RepoRecord),
@@ -110,6 +147,8 @@ pub enum CommandOutcome {
     Pushed(Vec<PushEvent>),
     /// Nothing to report.
     Done,
+    /// The pipeline created or changed.
+    Pipeline(PipelineRecord),
 }
 
 /// The answer of the state machine to one command.
@@ -144,6 +183,14 @@ pub struct State {
     recent_pushes: BTreeMap<String, Vec<PushEvent>>,
     #[serde(default)]
     recent_order: std::collections::VecDeque<String>,
+    #[serde(default)]
+    pipelines: BTreeMap<u64, PipelineRecord>,
+    #[serde(default)]
+    jobs: BTreeMap<u64, JobRecord>,
+    #[serde(default)]
+    next_pipeline_id: u64,
+    #[serde(default)]
+    next_job_id: u64,
 }
 
 /// How many push ids the state remembers. A retry comes seconds after the first proposal, so
@@ -235,6 +282,93 @@ impl State {
                 record.node = to;
                 Ok(CommandOutcome::Repo(record.clone()))
             }
+            Command::CreatePipeline {
+                repo,
+                ref_name,
+                sha,
+                jobs,
+                error,
+                now_ms,
+            } => {
+                let id = self.next_pipeline_id.max(1);
+                self.next_pipeline_id = id + 1;
+                let mut job_ids = Vec::new();
+                for (name, stage) in jobs {
+                    let job = self.next_job_id.max(1);
+                    self.next_job_id = job + 1;
+                    self.jobs.insert(
+                        job,
+                        JobRecord {
+                            id: job,
+                            pipeline: id,
+                            name,
+                            stage,
+                            status: JobStatus::Created,
+                            node: None,
+                            started_ms: None,
+                            finished_ms: None,
+                            exit_code: None,
+                            coverage: None,
+                        },
+                    );
+                    job_ids.push(job);
+                }
+                let failed = error.is_some() || job_ids.is_empty();
+                let record = PipelineRecord {
+                    id,
+                    repo,
+                    ref_name,
+                    sha,
+                    status: if failed { PipelineStatus::Failed } else { PipelineStatus::Queued },
+                    error,
+                    created_ms: now_ms,
+                    finished_ms: failed.then_some(now_ms),
+                    jobs: job_ids,
+                };
+                self.pipelines.insert(id, record.clone());
+                Ok(CommandOutcome::Pipeline(record))
+            }
+            Command::UpdateJob {
+                job,
+                from,
+                to,
+                node,
+                exit_code,
+                coverage,
+                now_ms,
+            } => {
+                let record = self.jobs.get_mut(&job).ok_or_else(|| ApiError::invalid(format!("job {job} does not exist")))?;
+                if record.status != from {
+                    return Err(ApiError::invalid(format!("job {job} is {:?}, not {from:?}", record.status)));
+                }
+                record.status = to;
+                if node.is_some() {
+                    record.node = node;
+                }
+                if to == JobStatus::Running {
+                    record.started_ms = Some(now_ms);
+                }
+                if to.is_finished() {
+                    record.finished_ms = Some(now_ms);
+                    record.exit_code = exit_code;
+                    record.coverage = coverage;
+                }
+                let pipeline_id = record.pipeline;
+                let statuses: BTreeMap<String, JobStatus> = self
+                    .pipelines
+                    .get(&pipeline_id)
+                    .map(|p| p.jobs.iter().filter_map(|id| self.jobs.get(id)).map(|j| (j.name.clone(), j.status)).collect())
+                    .unwrap_or_default();
+                let pipeline = self
+                    .pipelines
+                    .get_mut(&pipeline_id)
+                    .ok_or_else(|| ApiError::internal("update job", "its pipeline is gone"))?;
+                pipeline.status = wharf_ci::pipeline_status(&statuses);
+                if statuses.values().all(|s| s.is_finished()) {
+                    pipeline.finished_ms.get_or_insert(now_ms);
+                }
+                Ok(CommandOutcome::Pipeline(pipeline.clone()))
+            }
             Command::RemoveNode { node } => {
                 if self.repos.values().any(|r| r.node == node) {
                     return Err(ApiError::invalid(format!("node {node} still owns repositories: drain it first")));
@@ -282,6 +416,18 @@ impl SharedState {
 }
 
 impl Directory for SharedState {
+    fn pipelines(&self, repo: RepoId, limit: usize) -> Vec<PipelineRecord> {
+        self.read().pipelines.values().rev().filter(|p| p.repo == repo).take(limit).cloned().collect()
+    }
+
+    fn pipeline(&self, id: u64) -> Option<PipelineRecord> {
+        self.read().pipelines.get(&id).cloned()
+    }
+
+    fn job(&self, id: u64) -> Option<JobRecord> {
+        self.read().jobs.get(&id).cloned()
+    }
+
     fn repo(&self, name: &RepoName) -> Option<RepoRecord> {
         self.read().repos.get(&name.to_string()).cloned()
     }

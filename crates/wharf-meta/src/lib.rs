@@ -469,6 +469,18 @@ impl Directory for MetaDirectory {
         self.state.push_events(repo, after, limit)
     }
 
+    fn pipelines(&self, repo: wharf_proto::RepoId, limit: usize) -> Vec<wharf_proto::PipelineRecord> {
+        self.state.pipelines(repo, limit)
+    }
+
+    fn pipeline(&self, id: u64) -> Option<wharf_proto::PipelineRecord> {
+        self.state.pipeline(id)
+    }
+
+    fn job(&self, id: u64) -> Option<wharf_proto::JobRecord> {
+        self.state.job(id)
+    }
+
     fn raft_roles(&self) -> Vec<(NodeId, wharf_proto::RaftRole)> {
         use wharf_proto::RaftRole;
         let metrics = self.metrics.borrow();

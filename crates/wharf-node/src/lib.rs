@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 mod activity;
+mod ci;
 mod mover;
 pub mod repo_actor;
 pub mod router;
@@ -44,6 +45,8 @@ pub struct NodeConfig {
     /// Default 120 s: long enough for a slow client, short enough that a vanished front does
     /// not hold a repository's write turn for long.
     pub session_idle_timeout: Duration,
+    /// CI jobs that run at once on this node. Default 2.
+    pub runner_slots: usize,
 }
 
 impl NodeConfig {
@@ -54,6 +57,7 @@ impl NodeConfig {
             data_dir,
             actor_idle_timeout: Duration::from_secs(300),
             session_idle_timeout: Duration::from_secs(120),
+            runner_slots: ci::DEFAULT_RUNNER_SLOTS,
         }
     }
 
@@ -75,6 +79,8 @@ pub(crate) struct NodeContext {
     pub peers: wharf_proto::NodeClient,
     /// Set when the node shuts down, so background loops end.
     pub stopping: std::sync::atomic::AtomicBool,
+    /// Runner slots for CI jobs.
+    pub runner: ci::Runner,
 }
 
 /// A running storage node.
@@ -115,6 +121,7 @@ impl StorageNode {
                 timeout: std::time::Duration::from_secs(30),
             },
             stopping: std::sync::atomic::AtomicBool::new(false),
+            runner: ci::Runner::new(config.runner_slots),
             config,
             meta,
         });

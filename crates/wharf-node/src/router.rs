@@ -131,6 +131,16 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
     }
     match request {
         NodeRequest::Forwarded(inner) => route(node, *inner, reply, true).await,
+        NodeRequest::JobLog { job, offset } => {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let read = tokio::task::spawn_blocking(move || crate::ci::read_log(&node, job, offset)).await;
+                let result = read
+                    .map_err(|e| ApiError::internal("read log", e))
+                    .and_then(|chunk| chunk.map(NodeReply::Chunk));
+                answer(reply, result)
+            });
+        }
         NodeRequest::RemoveMember { node: member } => {
             let node = node.clone();
             tokio::spawn(async move { answer(reply, remove_member(&node, member).await) });

@@ -370,7 +370,10 @@ async fn record_or_undo(repo: &RepoContext, record: PushRecord) -> Result<(), Ap
         now_ms: crate::now_ms(),
     };
     let committed = match repo.node.meta.write(command).await {
-        Ok(Ok(_)) => return Ok(()),
+        Ok(Ok(_)) => {
+            crate::ci::on_push(repo.node.clone(), repo.id, repo.git.clone(), &updates);
+            return Ok(());
+        }
         Ok(Err(error)) => error,
         Err(error) => ApiError::Unavailable {
             what: "metadata store".into(),

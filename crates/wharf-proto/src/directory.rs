@@ -1,6 +1,6 @@
 //! Metadata reads that routing and authentication need without a round trip.
 
-use crate::{NodeId, NodeRecord, Principal, PushEvent, RaftRole, RepoId, RepoName, RepoRecord};
+use crate::{JobRecord, NodeId, NodeRecord, PipelineRecord, Principal, PushEvent, RaftRole, RepoId, RepoName, RepoRecord};
 
 /// A read-only, local view of the applied metadata state.
 ///
@@ -18,6 +18,18 @@ pub trait Directory: Send + Sync + 'static {
     /// A repository's push events with `seq` greater than `after`, oldest first, at most
     /// `limit`.
     fn push_events(&self, repo: RepoId, after: u64, limit: usize) -> Vec<PushEvent>;
+    /// A repository's pipelines, newest first, at most `limit`.
+    fn pipelines(&self, _repo: RepoId, _limit: usize) -> Vec<PipelineRecord> {
+        Vec::new()
+    }
+    /// One pipeline.
+    fn pipeline(&self, _id: u64) -> Option<PipelineRecord> {
+        None
+    }
+    /// One job.
+    fn job(&self, _id: u64) -> Option<JobRecord> {
+        None
+    }
     /// Every member of the Raft group and its role, as this process last saw it.
     fn raft_roles(&self) -> Vec<(NodeId, RaftRole)> {
         Vec::new()

@@ -134,6 +134,12 @@ pub enum ApiError {
         /// What it printed on stderr (cut).
         stderr: String,
     },
+    /// Something else that does not exist: a pipeline, a job.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was asked for (`pipeline 7`).
+        what: String,
+    },
     /// A failure inside Wharf, not caused by the request.
     #[error("internal error in {context}: {message}")]
     Internal {
@@ -165,6 +171,7 @@ impl ApiError {
             ApiError::SessionNotFound { .. } => "session_not_found",
             ApiError::GitFailed { .. } => "git_failed",
             ApiError::Internal { .. } => "internal",
+            ApiError::NotFound { .. } => "not_found",
         }
     }
 

@@ -29,7 +29,10 @@ pub use message::{
     node_group, CommitFilesRequest, FileAction, FileActionKind, GitService, ImportRepo, MergeRequest,
     MergeStrategy, NodeMessage, NodeReply, NodeRequest, NodeStats, OpenSession, RepoRequest, SessionChunk,
 };
-pub use records::{NodeRecord, NodeState, Principal, PushEvent, RaftRole, RepoRecord};
+pub use records::{
+    JobRecord, JobStatus, NodeRecord, NodeState, PipelineRecord, PipelineStatus, Principal, PushEvent, RaftRole,
+    RepoRecord,
+};
 pub use views::{
     BlobView, BranchView, ChangeKind, CommitDetail, CommitView, CompareView, FileDiffStat,
     LogPage, MergeOutcome, PersonView, RepoSummary, TagView, TreeEntryKind, TreeEntryView,

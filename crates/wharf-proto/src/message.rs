@@ -110,6 +110,14 @@ pub enum NodeRequest {
         /// The node.
         node: NodeId,
     },
+    /// Read a CI job's log from `offset`. Replies [`NodeReply::Chunk`]; `eof` once the job has
+    /// finished and all of it was read.
+    JobLog {
+        /// The job.
+        job: u64,
+        /// Where to read from.
+        offset: u64,
+    },
     /// A request another node passed on because the repository moved here: served here
     /// whatever this node's (possibly lagging) view of the owner says, never passed on again.
     Forwarded(Box<NodeRequest>),

@@ -87,3 +87,99 @@ pub enum RaftRole {
     /// Not in the group.
     None,
 }
+
+/// Where a CI job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting for the jobs it depends on.
+    Created,
+    /// Ready, waiting for a runner slot.
+    Queued,
+    /// On a runner.
+    Running,
+    /// Its script succeeded.
+    Passed,
+    /// Its script failed.
+    Failed,
+    /// Stopped by a user, or never run because its pipeline was canceled.
+    Canceled,
+    /// Killed at its timeout.
+    TimedOut,
+    /// Never run because a job it depends on did not pass.
+    Skipped,
+}
+
+impl JobStatus {
+    /// Whether the job will not change any more (unless retried).
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Passed | JobStatus::Failed | JobStatus::Canceled | JobStatus::TimedOut | JobStatus::Skipped
+        )
+    }
+}
+
+/// A pipeline's status, from its jobs'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PipelineStatus {
+    /// No job has started yet.
+    Queued,
+    /// Some job is queued or running, or waiting for others.
+    Running,
+    /// Every job passed.
+    Passed,
+    /// Every job finished and one failed or timed out; or the file was refused.
+    Failed,
+    /// Every job finished and the pipeline was canceled.
+    Canceled,
+}
+
+/// One run of a repository's pipeline file for one pushed commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineRecord {
+    /// Its id, unique in the cluster.
+    pub id: u64,
+    /// The repository.
+    pub repo: RepoId,
+    /// The full ref pushed (`refs/heads/main`).
+    pub ref_name: String,
+    /// The commit it runs.
+    pub sha: String,
+    /// Its status.
+    pub status: PipelineStatus,
+    /// Why the file was refused (line and reason), when it was.
+    pub error: Option<String>,
+    /// When it was created, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// When it finished.
+    pub finished_ms: Option<u64>,
+    /// Its jobs' ids, in stage order.
+    pub jobs: Vec<u64>,
+}
+
+/// One job of a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Its id, unique in the cluster.
+    pub id: u64,
+    /// Its pipeline.
+    pub pipeline: u64,
+    /// Its name in the file.
+    pub name: String,
+    /// Its stage.
+    pub stage: String,
+    /// Its status.
+    pub status: JobStatus,
+    /// The node that runs or ran it.
+    pub node: Option<NodeId>,
+    /// When it started.
+    pub started_ms: Option<u64>,
+    /// When it finished.
+    pub finished_ms: Option<u64>,
+    /// Its exit code, when its script ran to the end.
+    pub exit_code: Option<i32>,
+    /// Its coverage percentage, when the file gives a pattern and the log matched it.
+    pub coverage: Option<f64>,
+}
