@@ -2,20 +2,23 @@
 //!
 //! [`Pipeline::parse`] reads the file and checks it whole — stages, jobs, `needs`, cycles,
 //! durations, patterns — so that a broken file fails its pipeline at once with the line and
-//! the reason, and nothing runs. [`Pipeline::jobs_for_branch`] picks the jobs a push to a
-//! branch runs, and [`schedule`] decides, from the jobs' statuses, which start next and which
-//! can no longer run.
+//! the reason, and nothing runs. [`Pipeline::plan`] picks the jobs a push to a branch runs
+//! and what each waits for, and [`schedule`] decides, from the jobs' statuses, which start next and which
+//! can no longer run. [`parse_junit`] and [`parse_cobertura`] read the test and coverage reports
+//! a job writes, and [`SecretMasker`] hides the repository's secrets in its log lines.
 //!
 //! This crate is pure: it reads no files, runs nothing and knows nothing of Raft or actors.
 //! The node that runs jobs and the metadata that records them build on it.
 
 mod duration;
+mod reports;
 mod schedule;
 mod spec;
 
 pub use duration::parse_duration;
+pub use reports::{parse_cobertura, parse_junit, SecretMasker};
 pub use schedule::{pipeline_status, schedule, JobStatus, PipelineStatus, Step};
-pub use spec::{Artifacts, Job, Pipeline, PipelineError, Reports};
+pub use spec::{Artifacts, Job, Pipeline, PipelineError, PlannedJob, Reports};
 
 /// The file a repository's pipeline is read from, at its root.
 pub const PIPELINE_FILE: &str = ".wharf.yml";

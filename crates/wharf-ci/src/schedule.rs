@@ -1,11 +1,10 @@
 //! Which jobs of a running pipeline start next, which can no longer run, and what the
 //! pipeline's status is: decided from the jobs' statuses alone, so every node decides alike.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 pub use wharf_proto::{JobStatus, PipelineStatus};
 
-use crate::Pipeline;
 
 /// What to do with one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,18 +15,15 @@ pub enum Step {
     Skip(String),
 }
 
-/// The next steps for the jobs in `statuses` (the jobs of this run, by name).
-pub fn schedule(pipeline: &Pipeline, statuses: &BTreeMap<String, JobStatus>) -> Vec<Step> {
-    let present: BTreeSet<String> = statuses.keys().cloned().collect();
+/// The next steps for the jobs in `statuses` (the jobs of this run, by name), each waiting for
+/// the jobs `needs` names (see [`crate::Pipeline::plan`]).
+pub fn schedule(statuses: &BTreeMap<String, JobStatus>, needs: &BTreeMap<String, Vec<String>>) -> Vec<Step> {
     let mut steps = Vec::new();
     for (name, status) in statuses {
         if *status != JobStatus::Created {
             continue;
         }
-        let Some(job) = pipeline.jobs.get(name) else {
-            continue;
-        };
-        let dependencies = pipeline.dependencies(job, &present);
+        let dependencies = needs.get(name).map(Vec::as_slice).unwrap_or_default();
         let status_of = |dependency: &String| statuses.get(dependency).copied().unwrap_or(JobStatus::Created);
         if dependencies.iter().all(|d| status_of(d) == JobStatus::Passed) {
             steps.push(Step::Start(name.clone()));

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::duration::parse_duration;
 
@@ -60,6 +60,19 @@ pub struct Job {
     pub branches: Option<Vec<String>>,
     /// Variables of this job, over the pipeline's.
     pub variables: BTreeMap<String, String>,
+}
+
+/// A job as a run records it: what it is called, where it sits, what it waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedJob {
+    /// Its name.
+    pub name: String,
+    /// Its stage.
+    pub stage: String,
+    /// The jobs of this run it waits for.
+    pub needs: Vec<String>,
+    /// Automatic retries after a failure.
+    pub retries: u32,
 }
 
 /// Files a job keeps.
@@ -223,6 +236,37 @@ impl Pipeline {
                     .collect()
             }
         }
+    }
+
+    /// The jobs a run for `branch` records, in stage order, each with what it waits for.
+    /// `only` narrows the run to the jobs of one stage or with one name, and the jobs they
+    /// need, as the seed's test trigger asks.
+    pub fn plan(&self, branch: &str, only: Option<&str>) -> Vec<PlannedJob> {
+        let for_branch = self.jobs_for_branch(branch);
+        let mut chosen: BTreeSet<String> = for_branch
+            .iter()
+            .filter(|job| only.is_none_or(|only| job.stage == only || job.name == only))
+            .map(|job| job.name.clone())
+            .collect();
+        // What the chosen jobs need explicitly comes along, transitively.
+        let mut frontier: Vec<String> = chosen.iter().cloned().collect();
+        while let Some(name) = frontier.pop() {
+            for need in self.jobs.get(&name).and_then(|job| job.needs.clone()).unwrap_or_default() {
+                if chosen.insert(need.clone()) {
+                    frontier.push(need);
+                }
+            }
+        }
+        for_branch
+            .into_iter()
+            .filter(|job| chosen.contains(&job.name))
+            .map(|job| PlannedJob {
+                name: job.name.clone(),
+                stage: job.stage.clone(),
+                needs: self.dependencies(job, &chosen),
+                retries: job.retry,
+            })
+            .collect()
     }
 
     fn stage_index(&self, stage: &str) -> usize {

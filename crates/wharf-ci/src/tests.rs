@@ -104,15 +104,24 @@ fn jobs_start_in_stage_and_needs_order_and_are_skipped_after_a_failure() {
                 unit:\n    stage: test\n    needs: [build]\n    script: [x]\n  e2e:\n    stage: test\n    script: [x]\n  \
                 ship:\n    stage: deploy\n    script: [x]\n";
     let pipeline = Pipeline::parse(text).unwrap();
+    let plan = pipeline.plan("main", None);
+    let needs: BTreeMap<String, Vec<String>> = plan.iter().map(|job| (job.name.clone(), job.needs.clone())).collect();
+    assert_eq!(needs["unit"], ["build"]);
+    assert_eq!(needs["ship"], ["build", "e2e", "unit"], "without needs, a job waits for every earlier stage");
     use JobStatus::*;
-    let start = schedule(&pipeline, &statuses(&[("build", Created), ("unit", Created), ("e2e", Created), ("ship", Created)]));
+    let start = schedule(&statuses(&[("build", Created), ("unit", Created), ("e2e", Created), ("ship", Created)]), &needs);
     assert_eq!(start, [Step::Start("build".into())]);
-    let next = schedule(&pipeline, &statuses(&[("build", Passed), ("unit", Created), ("e2e", Created), ("ship", Created)]));
+    let next = schedule(&statuses(&[("build", Passed), ("unit", Created), ("e2e", Created), ("ship", Created)]), &needs);
     assert_eq!(next, [Step::Start("e2e".into()), Step::Start("unit".into())], "both test jobs run in parallel");
-    let partial = schedule(&pipeline, &statuses(&[("build", Passed), ("unit", Passed), ("e2e", Running), ("ship", Created)]));
+    let partial = schedule(&statuses(&[("build", Passed), ("unit", Passed), ("e2e", Running), ("ship", Created)]), &needs);
     assert!(partial.is_empty(), "without needs, deploy waits for the whole test stage");
-    let after_failure = schedule(&pipeline, &statuses(&[("build", Passed), ("unit", Passed), ("e2e", Failed), ("ship", Created)]));
+    let after_failure = schedule(&statuses(&[("build", Passed), ("unit", Passed), ("e2e", Failed), ("ship", Created)]), &needs);
     assert_eq!(after_failure, [Step::Skip("ship".into())]);
+
+    let only_unit: Vec<String> = pipeline.plan("main", Some("unit")).into_iter().map(|job| job.name).collect();
+    assert_eq!(only_unit, ["build", "unit"], "a narrowed run brings what its jobs need");
+    let only_test: Vec<String> = pipeline.plan("main", Some("test")).into_iter().map(|job| job.name).collect();
+    assert_eq!(only_test, ["build", "e2e", "unit"], "a stage brings its jobs' needs too");
 
     assert_eq!(pipeline_status(&statuses(&[("build", Queued), ("unit", Created)])), PipelineStatus::Queued);
     assert_eq!(pipeline_status(&statuses(&[("build", Running), ("unit", Created)])), PipelineStatus::Running);

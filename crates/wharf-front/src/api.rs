@@ -53,15 +53,13 @@ pub(crate) fn routes(state: Shared) -> Router<Shared> {
         .route(&format!("{repo}/compare"), get(compare))
         .route(&format!("{repo}/merges"), post(merge))
         .route(&format!("{repo}/events"), get(events))
-        .route(&format!("{repo}/pipelines"), get(list_pipelines))
-        .route("/api/v1/pipelines/{id}", get(show_pipeline))
-        .route("/api/v1/jobs/{id}/log", get(job_log))
         .route("/api/v1/cluster", get(cluster_status))
         .route("/api/v1/cluster/nodes/{id}/drain", post(drain_node))
         .route("/api/v1/cluster/nodes/{id}/undrain", post(undrain_node))
         .route("/api/v1/cluster/nodes/{id}", delete(remove_node))
         .route("/api/v1/repo/details", get(seed_details))
         .route("/api/v1/repo/branch", post(seed_create_branch))
+        .merge(crate::ci::routes())
         .layer(DefaultBodyLimit::max(state.config.max_api_body_bytes))
 }
 
@@ -80,7 +78,7 @@ async fn metrics(State(state): State<Shared>) -> Response {
 // ---- helpers ----
 
 /// Checks that the caller may read: anyone when reads are public, else a token holder.
-fn reader(state: &FrontState, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
+pub(crate) fn reader(state: &FrontState, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
     if state.config.public_reads {
         auth::optional(state.directory.as_ref(), headers)
     } else {
@@ -88,17 +86,17 @@ fn reader(state: &FrontState, headers: &HeaderMap) -> Result<Option<Principal>, 
     }
 }
 
-fn writer(state: &FrontState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+pub(crate) fn writer(state: &FrontState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     auth::require(state.directory.as_ref(), headers)
 }
 
-fn record_of(state: &FrontState, name: &RepoName) -> Result<RepoRecord, ApiError> {
+pub(crate) fn record_of(state: &FrontState, name: &RepoName) -> Result<RepoRecord, ApiError> {
     state.directory.repo(name).ok_or_else(|| ApiError::RepoNotFound {
         repo: name.to_string(),
     })
 }
 
-fn repo_name(owner: &str, name: &str) -> Result<RepoName, ApiError> {
+pub(crate) fn repo_name(owner: &str, name: &str) -> Result<RepoName, ApiError> {
     RepoName::parse(&format!("{owner}/{name}"))
 }
 
@@ -118,15 +116,15 @@ pub(crate) async fn repo_call(state: &FrontState, name: &RepoName, request: Repo
         .await
 }
 
-fn unexpected(reply: NodeReply) -> ApiError {
+pub(crate) fn unexpected(reply: NodeReply) -> ApiError {
     ApiError::internal("node reply", format!("unexpected reply {reply:?}"))
 }
 
-fn json_ok(value: impl serde::Serialize) -> ApiResult {
+pub(crate) fn json_ok(value: impl serde::Serialize) -> ApiResult {
     Ok(Json(value).into_response())
 }
 
-fn created(value: impl serde::Serialize) -> ApiResult {
+pub(crate) fn created(value: impl serde::Serialize) -> ApiResult {
     Ok((StatusCode::CREATED, Json(value)).into_response())
 }
 
@@ -567,60 +565,6 @@ async fn events(
     json_ok(json!({ "events": events }))
 }
 
-// ---- pipelines ----
-
-async fn list_pipelines(State(state): State<Shared>, headers: HeaderMap, Path((owner, name)): Path<(String, String)>) -> ApiResult {
-    reader(&state, &headers)?;
-    let name = repo_name(&owner, &name)?;
-    let record = record_of(&state, &name)?;
-    let pipelines: Vec<Value> = state
-        .directory
-        .pipelines(record.id, 100)
-        .into_iter()
-        .map(|p| json!({"id": p.id, "ref": p.ref_name, "sha": p.sha, "status": p.status, "error": p.error, "created_ms": p.created_ms}))
-        .collect();
-    json_ok(json!({ "pipelines": pipelines }))
-}
-
-async fn show_pipeline(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
-    reader(&state, &headers)?;
-    let pipeline = state
-        .directory
-        .pipeline(id)
-        .ok_or_else(|| ApiError::NotFound { what: format!("pipeline {id}") })?;
-    let jobs: Vec<_> = pipeline.jobs.iter().filter_map(|job| state.directory.job(*job)).collect();
-    let mut body = json!(pipeline);
-    body["jobs"] = json!(jobs);
-    json_ok(body)
-}
-
-/// A job's log as text: everything written so far (the whole log once it has finished).
-async fn job_log(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
-    reader(&state, &headers)?;
-    let job = state
-        .directory
-        .job(id)
-        .ok_or_else(|| ApiError::NotFound { what: format!("job {id}") })?;
-    let Some(node) = job.node else {
-        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Vec::new()).into_response());
-    };
-    let mut log = Vec::new();
-    loop {
-        let request = NodeRequest::JobLog { job: id, offset: log.len() as u64 };
-        match state.nodes.call(node, &request).await? {
-            NodeReply::Chunk(chunk) => {
-                let empty = chunk.data.is_empty();
-                log.extend(chunk.data);
-                if chunk.eof || empty {
-                    break;
-                }
-            }
-            other => return Err(unexpected(other).into()),
-        }
-    }
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], log).into_response())
-}
-
 // ---- the cluster ----
 
 /// Every storage node with its state, Raft role, repositories and live figures, and the other
@@ -768,7 +712,7 @@ async fn seed_create_branch(State(state): State<Shared>, headers: HeaderMap, Jso
     }
 }
 
-fn bad_query(rejection: axum::extract::rejection::QueryRejection) -> HttpError {
+pub(crate) fn bad_query(rejection: axum::extract::rejection::QueryRejection) -> HttpError {
     HttpError(ApiError::invalid(format!("malformed query: {}", rejection.body_text())))
 }
 

@@ -29,7 +29,8 @@ pub fn status_of(error: &ApiError) -> StatusCode {
         | ApiError::StaleParent { .. }
         | ApiError::FileConflict { .. }
         | ApiError::MergeConflict { .. }
-        | ApiError::NotFastForward { .. } => StatusCode::CONFLICT,
+        | ApiError::NotFastForward { .. }
+        | ApiError::Conflict { .. } => StatusCode::CONFLICT,
         ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
         ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 mod api;
+mod ci;
 mod auth;
 pub mod error;
 mod extract;

@@ -88,3 +88,8 @@ pub fn verify(incoming: &Path, refs: &BTreeMap<String, String>, head: Option<&st
     }
     Ok(())
 }
+
+/// Whether the repository at `repo` holds commit `sha`.
+pub fn has_commit(repo: &Path, sha: &str) -> bool {
+    git(repo, &["cat-file", "-e", &format!("{sha}^{{commit}}")]).is_ok()
+}

@@ -11,9 +11,11 @@ use openraft::{BasicNode, LogId, StoredMembership};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wharf_proto::{
-    ApiError, Directory, JobRecord, JobStatus, NodeId, NodeRecord, NodeState, PipelineRecord, PipelineStatus, Principal,
-    PushEvent, RepoId, RepoName, RepoRecord,
+    ApiError, Directory, JobRecord, JobStatus, NodeId, NodeRecord, NodeState, PipelineRecord, Principal, PushEvent,
+    RepoId, RepoName, RepoRecord, Variable,
 };
+
+use crate::ci::{CiCommand, CiState};
 
 /// A change to the metadata, proposed through Raft.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,40 +63,8 @@ pub enum Command {
         /// Its next owner.
         to: NodeId,
     },
-    /// Start a pipeline for a pushed commit: its jobs in order as (name, stage), or the
-    /// reason its file was refused (then it fails at once and has no jobs).
-    CreatePipeline {
-        /// The repository.
-        repo: RepoId,
-        /// The ref pushed.
-        ref_name: String,
-        /// The commit.
-        sha: String,
-        /// Its jobs.
-        jobs: Vec<(String, String)>,
-        /// Why the file was refused.
-        error: Option<String>,
-        /// When.
-        now_ms: u64,
-    },
-    /// Move a job from status `from` to `to` (refused if it is no longer in `from`, so a job
-    /// is never counted twice).
-    UpdateJob {
-        /// The job.
-        job: u64,
-        /// The status it must have now.
-        from: JobStatus,
-        /// Its new status.
-        to: JobStatus,
-        /// The node running it.
-        node: Option<NodeId>,
-        /// Its exit code, when its script ended.
-        exit_code: Option<i32>,
-        /// Its coverage, when known.
-        coverage: Option<f64>,
-        /// When.
-        now_ms: u64,
-    },
+    /// Change pipelines, jobs or CI variables.
+    Ci(CiCommand),
     /// Forget a storage node that holds nothing (it left the cluster).
     RemoveNode {
         /// The node.
@@ -123,7 +93,7 @@ impl Command {
         matches!(
             self,
             Command::AddNode { .. } | Command::RecordPush { .. } | Command::SetNodeState { .. } | Command::AddToken { .. }
-        )
+        ) || matches!(self, Command::Ci(command) if command.is_idempotent())
     }
 }
 
@@ -183,14 +153,9 @@ pub struct State {
     recent_pushes: BTreeMap<String, Vec<PushEvent>>,
     #[serde(default)]
     recent_order: std::collections::VecDeque<String>,
+    /// Pipelines, jobs and CI variables.
     #[serde(default)]
-    pipelines: BTreeMap<u64, PipelineRecord>,
-    #[serde(default)]
-    jobs: BTreeMap<u64, JobRecord>,
-    #[serde(default)]
-    next_pipeline_id: u64,
-    #[serde(default)]
-    next_job_id: u64,
+    pub ci: CiState,
 }
 
 /// How many push ids the state remembers. A retry comes seconds after the first proposal, so
@@ -235,6 +200,7 @@ impl State {
                 let key = name.to_string();
                 let record = self.repos.remove(&key).ok_or(ApiError::RepoNotFound { repo: key })?;
                 self.events.remove(&record.id.0);
+                self.ci.forget_repo(record.id);
                 Ok(CommandOutcome::Done)
             }
             Command::RecordPush {
@@ -282,93 +248,10 @@ impl State {
                 record.node = to;
                 Ok(CommandOutcome::Repo(record.clone()))
             }
-            Command::CreatePipeline {
-                repo,
-                ref_name,
-                sha,
-                jobs,
-                error,
-                now_ms,
-            } => {
-                let id = self.next_pipeline_id.max(1);
-                self.next_pipeline_id = id + 1;
-                let mut job_ids = Vec::new();
-                for (name, stage) in jobs {
-                    let job = self.next_job_id.max(1);
-                    self.next_job_id = job + 1;
-                    self.jobs.insert(
-                        job,
-                        JobRecord {
-                            id: job,
-                            pipeline: id,
-                            name,
-                            stage,
-                            status: JobStatus::Created,
-                            node: None,
-                            started_ms: None,
-                            finished_ms: None,
-                            exit_code: None,
-                            coverage: None,
-                        },
-                    );
-                    job_ids.push(job);
-                }
-                let failed = error.is_some() || job_ids.is_empty();
-                let record = PipelineRecord {
-                    id,
-                    repo,
-                    ref_name,
-                    sha,
-                    status: if failed { PipelineStatus::Failed } else { PipelineStatus::Queued },
-                    error,
-                    created_ms: now_ms,
-                    finished_ms: failed.then_some(now_ms),
-                    jobs: job_ids,
-                };
-                self.pipelines.insert(id, record.clone());
-                Ok(CommandOutcome::Pipeline(record))
-            }
-            Command::UpdateJob {
-                job,
-                from,
-                to,
-                node,
-                exit_code,
-                coverage,
-                now_ms,
-            } => {
-                let record = self.jobs.get_mut(&job).ok_or_else(|| ApiError::invalid(format!("job {job} does not exist")))?;
-                if record.status != from {
-                    return Err(ApiError::invalid(format!("job {job} is {:?}, not {from:?}", record.status)));
-                }
-                record.status = to;
-                if node.is_some() {
-                    record.node = node;
-                }
-                if to == JobStatus::Running {
-                    record.started_ms = Some(now_ms);
-                }
-                if to.is_finished() {
-                    record.finished_ms = Some(now_ms);
-                    record.exit_code = exit_code;
-                    record.coverage = coverage;
-                }
-                let pipeline_id = record.pipeline;
-                let statuses: BTreeMap<String, JobStatus> = self
-                    .pipelines
-                    .get(&pipeline_id)
-                    .map(|p| p.jobs.iter().filter_map(|id| self.jobs.get(id)).map(|j| (j.name.clone(), j.status)).collect())
-                    .unwrap_or_default();
-                let pipeline = self
-                    .pipelines
-                    .get_mut(&pipeline_id)
-                    .ok_or_else(|| ApiError::internal("update job", "its pipeline is gone"))?;
-                pipeline.status = wharf_ci::pipeline_status(&statuses);
-                if statuses.values().all(|s| s.is_finished()) {
-                    pipeline.finished_ms.get_or_insert(now_ms);
-                }
-                Ok(CommandOutcome::Pipeline(pipeline.clone()))
-            }
+            Command::Ci(command) => match self.ci.apply(command)? {
+                Some(pipeline) => Ok(CommandOutcome::Pipeline(pipeline)),
+                None => Ok(CommandOutcome::Done),
+            },
             Command::RemoveNode { node } => {
                 if self.repos.values().any(|r| r.node == node) {
                     return Err(ApiError::invalid(format!("node {node} still owns repositories: drain it first")));
@@ -417,15 +300,31 @@ impl SharedState {
 
 impl Directory for SharedState {
     fn pipelines(&self, repo: RepoId, limit: usize) -> Vec<PipelineRecord> {
-        self.read().pipelines.values().rev().filter(|p| p.repo == repo).take(limit).cloned().collect()
+        self.read().ci.pipelines_of(repo, limit)
     }
 
     fn pipeline(&self, id: u64) -> Option<PipelineRecord> {
-        self.read().pipelines.get(&id).cloned()
+        self.read().ci.pipeline_record(id)
     }
 
     fn job(&self, id: u64) -> Option<JobRecord> {
-        self.read().jobs.get(&id).cloned()
+        self.read().ci.job(id)
+    }
+
+    fn queued_jobs(&self, limit: usize) -> Vec<JobRecord> {
+        self.read().ci.jobs_with(JobStatus::Queued, limit)
+    }
+
+    fn running_jobs(&self) -> Vec<JobRecord> {
+        self.read().ci.jobs_with(JobStatus::Running, usize::MAX)
+    }
+
+    fn variables(&self, repo: RepoId) -> Vec<Variable> {
+        self.read().ci.variables(repo)
+    }
+
+    fn repo_by_id(&self, id: RepoId) -> Option<RepoRecord> {
+        self.read().repos.values().find(|r| r.id == id).cloned()
     }
 
     fn repo(&self, name: &RepoName) -> Option<RepoRecord> {

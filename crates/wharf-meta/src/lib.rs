@@ -9,6 +9,7 @@
 //! This crate owns the sled database of a node (one per process: sled holds a file lock).
 //! It knows nothing of git, actors or HTTP.
 
+mod ci;
 mod command;
 mod log_store;
 mod network;
@@ -24,6 +25,7 @@ use openraft::{BasicNode, Config, Raft};
 use serde::Serialize;
 use wharf_proto::{Directory, NodeId};
 
+pub use ci::{CiCommand, JobResult, MAX_LOST_RUNNERS};
 pub use command::{hash_token, Command, CommandOutcome, CommandResult, RefUpdate, State};
 pub use network::{RaftTransport, TransportError, TransportFuture};
 
@@ -479,6 +481,22 @@ impl Directory for MetaDirectory {
 
     fn job(&self, id: u64) -> Option<wharf_proto::JobRecord> {
         self.state.job(id)
+    }
+
+    fn queued_jobs(&self, limit: usize) -> Vec<wharf_proto::JobRecord> {
+        self.state.queued_jobs(limit)
+    }
+
+    fn running_jobs(&self) -> Vec<wharf_proto::JobRecord> {
+        self.state.running_jobs()
+    }
+
+    fn variables(&self, repo: wharf_proto::RepoId) -> Vec<wharf_proto::Variable> {
+        self.state.variables(repo)
+    }
+
+    fn repo_by_id(&self, id: wharf_proto::RepoId) -> Option<wharf_proto::RepoRecord> {
+        self.state.repo_by_id(id)
     }
 
     fn raft_roles(&self) -> Vec<(NodeId, wharf_proto::RaftRole)> {

@@ -29,6 +29,7 @@ use ractor::{Actor, ActorRef};
 use wharf_meta::Meta;
 use wharf_proto::{node_group, NodeId, NodeMessage, RepoId};
 
+pub use ci::DEFAULT_RUNNER_SLOTS;
 use router::NodeRouter;
 
 /// Settings of a storage node.
@@ -45,8 +46,12 @@ pub struct NodeConfig {
     /// Default 120 s: long enough for a slow client, short enough that a vanished front does
     /// not hold a repository's write turn for long.
     pub session_idle_timeout: Duration,
-    /// CI jobs that run at once on this node. Default 2.
+    /// CI jobs that run at once on this node. Default 2; 0 runs none.
     pub runner_slots: usize,
+    /// How long a runner holds a job without renewing its lease. Default 10 s: a job whose
+    /// node dies is queued again within about this long. Node clocks must agree to well
+    /// within it, since the leader compares a lease with its own clock.
+    pub job_lease: Duration,
 }
 
 impl NodeConfig {
@@ -58,6 +63,7 @@ impl NodeConfig {
             actor_idle_timeout: Duration::from_secs(300),
             session_idle_timeout: Duration::from_secs(120),
             runner_slots: ci::DEFAULT_RUNNER_SLOTS,
+            job_lease: Duration::from_secs(10),
         }
     }
 
@@ -81,6 +87,13 @@ pub(crate) struct NodeContext {
     pub stopping: std::sync::atomic::AtomicBool,
     /// Runner slots for CI jobs.
     pub runner: ci::Runner,
+}
+
+impl NodeContext {
+    /// Whether the node is shutting down.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// A running storage node.
@@ -134,6 +147,7 @@ impl StorageNode {
         .await?;
         ractor::pg::join(group, vec![router.get_cell()]);
         mover::spawn_rebalancer(Arc::downgrade(&context));
+        ci::spawn_runner(Arc::downgrade(&context));
         Ok(StorageNode { router, context })
     }
 
@@ -154,6 +168,7 @@ impl StorageNode {
         ractor::pg::leave(node_group(self.context.config.id), vec![self.router.get_cell()]);
         self.context.registry.stop_all().await;
         self.context.sessions.abort_all();
+        self.context.runner.stop_all();
         self.router.stop(None);
     }
 }

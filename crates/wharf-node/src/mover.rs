@@ -51,7 +51,7 @@ pub(crate) struct Transfers {
 }
 
 impl Transfers {
-    fn offer(&self, file: PathBuf) -> u64 {
+    pub fn offer(&self, file: PathBuf) -> u64 {
         let id = self.next.fetch_add(1, Ordering::SeqCst) + 1;
         self.lock().insert(id, file);
         id
@@ -263,7 +263,7 @@ pub(crate) async fn import(node: &Arc<NodeContext>, request: ImportRepo) -> Resu
 }
 
 /// Copies transfer `transfer` from node `from` into `file`, a piece at a time.
-async fn pull(node: &Arc<NodeContext>, from: NodeId, transfer: u64, file: &std::path::Path) -> Result<(), ApiError> {
+pub(crate) async fn pull(node: &Arc<NodeContext>, from: NodeId, transfer: u64, file: &std::path::Path) -> Result<(), ApiError> {
     use tokio::io::AsyncWriteExt;
     if let Some(dir) = file.parent() {
         tokio::fs::create_dir_all(dir).await.map_err(|e| ApiError::internal("transfer directory", e))?;

@@ -187,6 +187,18 @@ impl RepoState {
                     answer(reply, started.map(NodeReply::Session));
                 });
             }
+            RepoRequest::Bundle => {
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    answer(reply, crate::ci::offer_bundle(&repo).await);
+                });
+            }
+            RepoRequest::TriggerPipeline { branch, only } => {
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    answer(reply, crate::ci::trigger(&repo, branch, only).await);
+                });
+            }
             request if is_write(&request) => self.enqueue(reply, async move {
                 let _guard = guard;
                 // A write queued behind a move goes to the new owner.

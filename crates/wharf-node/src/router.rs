@@ -141,6 +141,20 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
                 answer(reply, result)
             });
         }
+        NodeRequest::ReadArtifact { job, path, offset } => {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let read = tokio::task::spawn_blocking(move || crate::ci::read_artifact(&node, job, &path, offset)).await;
+                let result = read
+                    .map_err(|e| ApiError::internal("read artifact", e))
+                    .and_then(|chunk| chunk.map(NodeReply::Chunk));
+                answer(reply, result)
+            });
+        }
+        NodeRequest::Ci(action) => {
+            let node = node.clone();
+            tokio::spawn(async move { answer(reply, crate::ci::act(&node, action).await) });
+        }
         NodeRequest::RemoveMember { node: member } => {
             let node = node.clone();
             tokio::spawn(async move { answer(reply, remove_member(&node, member).await) });

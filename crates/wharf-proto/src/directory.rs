@@ -1,6 +1,8 @@
 //! Metadata reads that routing and authentication need without a round trip.
 
-use crate::{JobRecord, NodeId, NodeRecord, PipelineRecord, Principal, PushEvent, RaftRole, RepoId, RepoName, RepoRecord};
+use crate::{
+    JobRecord, NodeId, NodeRecord, PipelineRecord, Principal, PushEvent, RaftRole, RepoId, RepoName, RepoRecord, Variable,
+};
 
 /// A read-only, local view of the applied metadata state.
 ///
@@ -19,17 +21,19 @@ pub trait Directory: Send + Sync + 'static {
     /// `limit`.
     fn push_events(&self, repo: RepoId, after: u64, limit: usize) -> Vec<PushEvent>;
     /// A repository's pipelines, newest first, at most `limit`.
-    fn pipelines(&self, _repo: RepoId, _limit: usize) -> Vec<PipelineRecord> {
-        Vec::new()
-    }
+    fn pipelines(&self, repo: RepoId, limit: usize) -> Vec<PipelineRecord>;
     /// One pipeline.
-    fn pipeline(&self, _id: u64) -> Option<PipelineRecord> {
-        None
-    }
+    fn pipeline(&self, id: u64) -> Option<PipelineRecord>;
     /// One job.
-    fn job(&self, _id: u64) -> Option<JobRecord> {
-        None
-    }
+    fn job(&self, id: u64) -> Option<JobRecord>;
+    /// Jobs waiting for a runner, oldest first, at most `limit`.
+    fn queued_jobs(&self, limit: usize) -> Vec<JobRecord>;
+    /// Jobs a runner holds now.
+    fn running_jobs(&self) -> Vec<JobRecord>;
+    /// A repository's CI variables, by name.
+    fn variables(&self, repo: RepoId) -> Vec<Variable>;
+    /// The record of a repository, by id.
+    fn repo_by_id(&self, id: RepoId) -> Option<RepoRecord>;
     /// Every member of the Raft group and its role, as this process last saw it.
     fn raft_roles(&self) -> Vec<(NodeId, RaftRole)> {
         Vec::new()

@@ -148,6 +148,12 @@ pub enum ApiError {
         /// What happened.
         message: String,
     },
+    /// The request does not fit the current state of what it names (a running job retried).
+    #[error("conflict: {message}")]
+    Conflict {
+        /// What is in the way.
+        message: String,
+    },
 }
 
 impl ApiError {
@@ -172,6 +178,7 @@ impl ApiError {
             ApiError::GitFailed { .. } => "git_failed",
             ApiError::Internal { .. } => "internal",
             ApiError::NotFound { .. } => "not_found",
+            ApiError::Conflict { .. } => "conflict",
         }
     }
 

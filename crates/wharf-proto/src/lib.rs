@@ -26,12 +26,12 @@ pub use directory::Directory;
 pub use error::ApiError;
 pub use ids::{NodeId, RepoId, RepoName, SessionId};
 pub use message::{
-    node_group, CommitFilesRequest, FileAction, FileActionKind, GitService, ImportRepo, MergeRequest,
+    node_group, CiAction, CommitFilesRequest, FileAction, FileActionKind, GitService, ImportRepo, MergeRequest,
     MergeStrategy, NodeMessage, NodeReply, NodeRequest, NodeStats, OpenSession, RepoRequest, SessionChunk,
 };
 pub use records::{
-    JobRecord, JobStatus, NodeRecord, NodeState, PipelineRecord, PipelineStatus, Principal, PushEvent, RaftRole,
-    RepoRecord,
+    ArtifactFile, JobRecord, JobStatus, NodeRecord, NodeState, PipelineRecord, PipelineStatus, Principal, PushEvent,
+    RaftRole, RepoRecord, TestFailure, TestReport, Variable,
 };
 pub use views::{
     BlobView, BranchView, ChangeKind, CommitDetail, CommitView, CompareView, FileDiffStat,

@@ -10,7 +10,7 @@ use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
 
 use crate::views::*;
-use crate::{NodeId, RepoId, RepoName, RepoRecord, SessionId};
+use crate::{NodeId, PipelineRecord, RepoId, RepoName, RepoRecord, SessionId, Variable};
 
 /// The message a node router actor receives, locally or from another process.
 #[derive(RactorClusterMessage)]
@@ -121,6 +121,47 @@ pub enum NodeRequest {
     /// A request another node passed on because the repository moved here: served here
     /// whatever this node's (possibly lagging) view of the owner says, never passed on again.
     Forwarded(Box<NodeRequest>),
+    /// Read a kept file of a CI job from `offset`. Replies [`NodeReply::Chunk`].
+    ReadArtifact {
+        /// The job.
+        job: u64,
+        /// The file's path, as listed in the job's record.
+        path: String,
+        /// Where to read from.
+        offset: u64,
+    },
+    /// Change pipelines, jobs or CI variables on a user's behalf; any storage node proposes it
+    /// to Raft. Replies [`NodeReply::Done`], or [`NodeReply::Pipeline`] for a change to one.
+    Ci(CiAction),
+}
+
+/// A user's change to CI state (see [`NodeRequest::Ci`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CiAction {
+    /// Cancel every unfinished job of a pipeline.
+    CancelPipeline {
+        /// The pipeline.
+        pipeline: u64,
+    },
+    /// Run a finished job again.
+    RetryJob {
+        /// The job.
+        job: u64,
+    },
+    /// Add or replace a repository's variable.
+    SetVariable {
+        /// The repository.
+        repo: RepoId,
+        /// The variable.
+        variable: Variable,
+    },
+    /// Remove a repository's variable.
+    DeleteVariable {
+        /// The repository.
+        repo: RepoId,
+        /// Its name.
+        name: String,
+    },
 }
 
 /// See [`NodeRequest::ImportRepo`].
@@ -214,6 +255,18 @@ pub enum RepoRequest {
     /// Start a git protocol session. Replies [`NodeReply::Session`]; the caller then writes
     /// its request body and reads the output with the `Session*` requests.
     OpenSession(OpenSession),
+    /// Bundle every ref so that a runner on another node can check out a commit. Replies
+    /// [`NodeReply::Offered`]; the caller reads the bundle with [`NodeRequest::ReadTransfer`]
+    /// and ends it with [`NodeRequest::EndTransfer`].
+    Bundle,
+    /// Start a pipeline for a branch's tip, as a push would (the seed's test trigger).
+    /// Replies [`NodeReply::PipelineStarted`].
+    TriggerPipeline {
+        /// The branch.
+        branch: String,
+        /// Only the jobs of this stage or with this name, and what they need.
+        only: Option<String>,
+    },
 }
 
 /// Which git service a session runs.
@@ -372,6 +425,17 @@ pub enum NodeReply {
         /// The session.
         session: SessionId,
     },
+    /// A transfer offered by `node` (see [`RepoRequest::Bundle`]).
+    Offered {
+        /// The node that offers it.
+        node: NodeId,
+        /// The transfer.
+        transfer: u64,
+    },
+    /// The pipeline started (see [`RepoRequest::TriggerPipeline`]).
+    PipelineStarted(u64),
+    /// A pipeline as it is after a change.
+    Pipeline(PipelineRecord),
 }
 
 /// A node's live figures.

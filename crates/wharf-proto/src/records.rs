@@ -137,7 +137,7 @@ pub enum PipelineStatus {
 }
 
 /// One run of a repository's pipeline file for one pushed commit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipelineRecord {
     /// Its id, unique in the cluster.
     pub id: u64,
@@ -180,6 +180,79 @@ pub struct JobRecord {
     pub finished_ms: Option<u64>,
     /// Its exit code, when its script ran to the end.
     pub exit_code: Option<i32>,
-    /// Its coverage percentage, when the file gives a pattern and the log matched it.
+    /// Its coverage percentage, from the file's pattern over the log or its Cobertura report.
     pub coverage: Option<f64>,
+    /// The jobs of its pipeline it waits for: its `needs`, or every job of earlier stages.
+    #[serde(default)]
+    pub needs: Vec<String>,
+    /// Automatic retries it has left after a failure, a timeout or a lost runner.
+    #[serde(default)]
+    pub retries_left: u32,
+    /// How many times a runner has taken it; names the attempt that runs now.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Until when its runner holds it (ms since the epoch). A runner renews its lease while
+    /// the job runs; a lease that runs out means the runner is gone.
+    #[serde(default)]
+    pub lease_until_ms: Option<u64>,
+    /// Why it ended as it did, when the script did not say: canceled, runner lost, and so on.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Its JUnit report, when the file names one and the job wrote it.
+    #[serde(default)]
+    pub tests: Option<TestReport>,
+    /// The files it kept, relative to its workspace.
+    #[serde(default)]
+    pub artifacts: Vec<ArtifactFile>,
+    /// When its artifacts are deleted (ms since the epoch).
+    #[serde(default)]
+    pub artifacts_expire_ms: Option<u64>,
+}
+
+/// Test counts from a JUnit report.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TestReport {
+    /// Cases that passed.
+    pub passed: u64,
+    /// Cases that failed or erred.
+    pub failed: u64,
+    /// Cases skipped.
+    pub skipped: u64,
+    /// The sum of the cases' times.
+    pub duration_ms: u64,
+    /// The failed cases (the first hundred).
+    pub failures: Vec<TestFailure>,
+}
+
+/// One failed test case.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TestFailure {
+    /// Its test suite's name.
+    pub suite: String,
+    /// Its class name.
+    pub class: String,
+    /// Its name.
+    pub name: String,
+    /// The failure's message (at most 1,000 bytes).
+    pub message: String,
+}
+
+/// One file a job kept as an artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactFile {
+    /// Its path relative to the job's workspace, with `/` separators.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// A CI variable set on a repository through the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Variable {
+    /// Its name, as jobs see it in their environment.
+    pub name: String,
+    /// Its value.
+    pub value: String,
+    /// Whether its value is masked in logs and hidden from the API.
+    pub secret: bool,
 }

@@ -54,6 +54,12 @@ pub struct ProcessArgs {
     /// A front's HTTP address.
     #[arg(long, env = "WHARF_HTTP")]
     http: Option<SocketAddr>,
+    /// CI jobs a node runs at once (0: none).
+    #[arg(long, env = "WHARF_RUNNER_SLOTS")]
+    runner_slots: Option<usize>,
+    /// Seconds a node's runner holds a job without renewing its lease.
+    #[arg(long, env = "WHARF_JOB_LEASE_SECS")]
+    job_lease_secs: Option<u64>,
 }
 
 /// The settings once file, flags and defaults are merged.
@@ -65,6 +71,8 @@ struct Settings {
     join: Vec<String>,
     weight: u32,
     http: SocketAddr,
+    runner_slots: usize,
+    job_lease: Duration,
 }
 
 impl ProcessArgs {
@@ -90,6 +98,8 @@ impl ProcessArgs {
             join: if self.join.is_empty() { file.join } else { self.join },
             weight: self.weight.or(file.weight).unwrap_or(100),
             http: self.http.or(file.http).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            runner_slots: self.runner_slots.or(file.runner_slots).unwrap_or(wharf_node::DEFAULT_RUNNER_SLOTS),
+            job_lease: Duration::from_secs(self.job_lease_secs.or(file.job_lease_secs).unwrap_or(10).max(1)),
         })
     }
 }
@@ -162,7 +172,10 @@ pub async fn run_node(args: ProcessArgs) -> anyhow::Result<()> {
     meta.wait_for_state(START_TIMEOUT, "this node's record", |d| d.nodes().iter().any(|n| n.id == id))
         .await
         .context("this node's record did not arrive")?;
-    let node = StorageNode::start(NodeConfig::new(settings.id, settings.data_dir.clone()), meta.clone())
+    let mut config = NodeConfig::new(settings.id, settings.data_dir.clone());
+    config.runner_slots = settings.runner_slots;
+    config.job_lease = settings.job_lease;
+    let node = StorageNode::start(config, meta.clone())
         .await
         .context("cannot start the storage node")?;
     println!("wharf: node {} ready on {}", settings.id, settings.listen);

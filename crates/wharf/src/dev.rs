@@ -19,7 +19,12 @@ use crate::bootstrap::{admin_token, register_node, shutdown_signal};
 const DEV_NODE: NodeId = NodeId(1);
 
 /// Runs until SIGINT or SIGTERM, then stops the front, the node and the Raft group in turn.
-pub async fn run(data_dir: PathBuf, listen: SocketAddr, actor_idle_timeout: std::time::Duration) -> anyhow::Result<()> {
+pub async fn run(
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    actor_idle_timeout: std::time::Duration,
+    runner_slots: usize,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -41,6 +46,7 @@ pub async fn run(data_dir: PathBuf, listen: SocketAddr, actor_idle_timeout: std:
 
     let mut node_config = NodeConfig::new(DEV_NODE, data_dir.clone());
     node_config.actor_idle_timeout = actor_idle_timeout;
+    node_config.runner_slots = runner_slots;
     let node = StorageNode::start(node_config, meta.clone())
         .await
         .context("cannot start the storage node")?;

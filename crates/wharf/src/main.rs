@@ -35,6 +35,9 @@ enum Command {
         /// Seconds a repository actor stays active with nothing to do.
         #[arg(long, env = "WHARF_ACTOR_IDLE_SECS", default_value_t = 300)]
         actor_idle_secs: u64,
+        /// CI jobs that run at once.
+        #[arg(long, env = "WHARF_RUNNER_SLOTS", default_value_t = wharf_node::DEFAULT_RUNNER_SLOTS)]
+        runner_slots: usize,
     },
     /// Run a storage node of a cluster (the first one starts the cluster; others --join it).
     Node {
@@ -91,7 +94,8 @@ fn main() -> std::process::ExitCode {
                 data_dir,
                 listen,
                 actor_idle_secs,
-            } => dev::run(data_dir, listen, std::time::Duration::from_secs(actor_idle_secs)).await,
+                runner_slots,
+            } => dev::run(data_dir, listen, std::time::Duration::from_secs(actor_idle_secs), runner_slots).await,
             Command::Node { args } => cluster::run_node(args).await,
             Command::Front { args } => cluster::run_front(args).await,
             Command::Repo { server, command } => client::repo(server, command).await,

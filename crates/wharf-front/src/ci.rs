@@ -1,0 +1,549 @@
+//! The CI API: pipelines, jobs, their logs (live as Server-Sent Events) and artifacts, CI
+//! variables, and the seed's test trigger and results.
+//!
+//! Pipeline and job records are read from the local directory; logs and artifacts from the
+//! node that ran the job; changes go to any storage node, which proposes them to Raft.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use wharf_proto::{ApiError, CiAction, JobRecord, JobStatus, NodeReply, NodeRequest, PipelineRecord, RepoRequest, Variable, MAX_CHUNK_BYTES};
+
+use crate::api::{bad_query, created, json_ok, reader, record_of, repo_call, repo_name, unexpected, writer};
+use crate::error::HttpError;
+use crate::extract::{BodyOrQuery, JsonBody};
+use crate::FrontState;
+
+type Shared = Arc<FrontState>;
+type ApiResult = Result<Response, HttpError>;
+
+/// How often a live log looks for more output.
+const LOG_POLL: Duration = Duration::from_millis(250);
+/// The longest CI variable value.
+const MAX_VARIABLE_BYTES: usize = 64 * 1024;
+
+/// The CI routes.
+pub(crate) fn routes() -> Router<Shared> {
+    let repo = "/api/v1/repos/{owner}/{name}";
+    Router::new()
+        .route(&format!("{repo}/pipelines"), get(list_pipelines).post(run_pipeline))
+        .route(&format!("{repo}/variables"), get(list_variables).post(set_variable))
+        .route(&format!("{repo}/variables/{{variable}}"), delete(delete_variable))
+        .route("/api/v1/pipelines/{id}", get(show_pipeline))
+        .route("/api/v1/pipelines/{id}/cancel", post(cancel_pipeline))
+        .route("/api/v1/jobs/{id}", get(show_job))
+        .route("/api/v1/jobs/{id}/log", get(job_log))
+        .route("/api/v1/jobs/{id}/retry", post(retry_job))
+        .route("/api/v1/jobs/{id}/artifacts", get(list_artifacts))
+        .route("/api/v1/jobs/{id}/artifacts/{*path}", get(download_artifact))
+        .route("/api/v1/tests/trigger", post(seed_trigger))
+        .route("/api/v1/tests/results", get(seed_results))
+}
+
+fn pipeline_of(state: &FrontState, id: u64) -> Result<PipelineRecord, ApiError> {
+    state.directory.pipeline(id).ok_or_else(|| ApiError::NotFound { what: format!("pipeline {id}") })
+}
+
+fn job_of(state: &FrontState, id: u64) -> Result<JobRecord, ApiError> {
+    state.directory.job(id).ok_or_else(|| ApiError::NotFound { what: format!("job {id}") })
+}
+
+/// A pipeline with its jobs, as the API shows it.
+fn pipeline_json(state: &FrontState, pipeline: &PipelineRecord) -> Value {
+    let jobs: Vec<JobRecord> = pipeline.jobs.iter().filter_map(|job| state.directory.job(*job)).collect();
+    let mut body = json!(pipeline);
+    body["ref"] = json!(pipeline.ref_name);
+    body["coverage"] = json!(mean_coverage(&jobs));
+    body["jobs"] = jobs.iter().map(job_json).collect();
+    body
+}
+
+fn job_json(job: &JobRecord) -> Value {
+    let mut body = json!(job);
+    let duration = job.started_ms.zip(job.finished_ms).map(|(start, end)| end.saturating_sub(start));
+    body["duration_ms"] = json!(duration);
+    body
+}
+
+/// The mean of the jobs' coverage figures, if any job has one.
+fn mean_coverage(jobs: &[JobRecord]) -> Option<f64> {
+    let figures: Vec<f64> = jobs.iter().filter_map(|j| j.coverage).collect();
+    (!figures.is_empty()).then(|| (figures.iter().sum::<f64>() / figures.len() as f64 * 100.0).round() / 100.0)
+}
+
+/// Asks a reachable storage node to carry out a CI change.
+async fn act(state: &FrontState, action: CiAction) -> Result<NodeReply, ApiError> {
+    let request = NodeRequest::Ci(action);
+    let mut last_error = None;
+    for node in state.directory.nodes() {
+        match state.nodes.call(node.id, &request).await {
+            Err(error @ ApiError::Unavailable { .. }) => last_error = Some(error),
+            result => return result,
+        }
+    }
+    Err(last_error.unwrap_or_else(|| ApiError::internal("cluster", "no storage node")))
+}
+
+// ---- pipelines and jobs ----
+
+async fn list_pipelines(State(state): State<Shared>, headers: HeaderMap, Path((owner, name)): Path<(String, String)>) -> ApiResult {
+    reader(&state, &headers)?;
+    let record = record_of(&state, &repo_name(&owner, &name)?)?;
+    let pipelines: Vec<Value> = state
+        .directory
+        .pipelines(record.id, 100)
+        .into_iter()
+        .map(|p| {
+            json!({"id": p.id, "ref": p.ref_name, "sha": p.sha, "status": p.status, "error": p.error,
+                   "created_ms": p.created_ms, "finished_ms": p.finished_ms})
+        })
+        .collect();
+    json_ok(json!({ "pipelines": pipelines }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunPipelineBody {
+    branch: String,
+}
+
+/// Runs the pipeline of a branch's tip, as a push would.
+async fn run_pipeline(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((owner, name)): Path<(String, String)>,
+    JsonBody(body): JsonBody<RunPipelineBody>,
+) -> ApiResult {
+    writer(&state, &headers)?;
+    let request = RepoRequest::TriggerPipeline {
+        branch: body.branch,
+        only: None,
+    };
+    match repo_call(&state, &repo_name(&owner, &name)?, request).await? {
+        NodeReply::PipelineStarted(id) => created(pipeline_json(&state, &wait_for_pipeline(&state, id).await?)),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+/// The record of a pipeline just created elsewhere, once this front's view has it.
+async fn wait_for_pipeline(state: &FrontState, id: u64) -> Result<PipelineRecord, ApiError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(pipeline) = state.directory.pipeline(id) {
+            return Ok(pipeline);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(ApiError::internal("pipeline", format!("pipeline {id} was created but is not visible here yet")));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn show_pipeline(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
+    reader(&state, &headers)?;
+    json_ok(pipeline_json(&state, &pipeline_of(&state, id)?))
+}
+
+async fn cancel_pipeline(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
+    writer(&state, &headers)?;
+    pipeline_of(&state, id)?;
+    match act(&state, CiAction::CancelPipeline { pipeline: id }).await? {
+        NodeReply::Pipeline(pipeline) => json_ok(json!(pipeline)),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+async fn show_job(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
+    reader(&state, &headers)?;
+    json_ok(job_json(&job_of(&state, id)?))
+}
+
+async fn retry_job(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
+    writer(&state, &headers)?;
+    job_of(&state, id)?;
+    match act(&state, CiAction::RetryJob { job: id }).await? {
+        NodeReply::Pipeline(pipeline) => json_ok(json!(pipeline)),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+// ---- logs ----
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    /// Where to start, in bytes.
+    offset: Option<u64>,
+}
+
+/// A job's log: as text (from `?offset=`, with the next offset and whether the log is
+/// complete in headers), or, when the client accepts `text/event-stream`, live as Server-Sent
+/// Events until the job ends.
+async fn job_log(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    reader(&state, &headers)?;
+    let Query(query) = query.map_err(bad_query)?;
+    let job = job_of(&state, id)?;
+    let wants_events = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    // A client that reconnects names the last event it saw; its id is the offset after it.
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|id| id.parse::<u64>().ok());
+    let offset = resume.or(query.offset).unwrap_or(0);
+    if wants_events {
+        return Ok(live_log(state, id, offset).into_response());
+    }
+    let (text, complete) = read_log_to_end(&state, &job, offset).await?;
+    let next = offset + text.len() as u64;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            (header::HeaderName::from_static("x-wharf-log-offset"), next.to_string()),
+            (header::HeaderName::from_static("x-wharf-log-complete"), complete.to_string()),
+        ],
+        text,
+    )
+        .into_response())
+}
+
+/// One chunk of a job's log from its runner's node: the bytes and whether the log is complete.
+async fn read_log_chunk(state: &FrontState, job: &JobRecord, offset: u64) -> Result<(Vec<u8>, bool), ApiError> {
+    let Some(node) = job.node else {
+        // Not started yet: nothing to read, and more to come.
+        return Ok((Vec::new(), job.status.is_finished()));
+    };
+    match state.nodes.call(node, &NodeRequest::JobLog { job: job.id, offset }).await? {
+        NodeReply::Chunk(chunk) => Ok((chunk.data, chunk.eof)),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn read_log_to_end(state: &FrontState, job: &JobRecord, mut offset: u64) -> Result<(Vec<u8>, bool), ApiError> {
+    let mut log = Vec::new();
+    loop {
+        let (data, eof) = read_log_chunk(state, job, offset).await?;
+        offset += data.len() as u64;
+        let more = data.len() == MAX_CHUNK_BYTES;
+        log.extend(data);
+        if eof || !more {
+            return Ok((log, eof));
+        }
+    }
+}
+
+/// Where a live log stream is.
+struct LiveLog {
+    state: Shared,
+    job: u64,
+    attempt: Option<u32>,
+    offset: u64,
+    ended: bool,
+}
+
+/// The log as Server-Sent Events: `log` events with `{"offset","text"}` (the event id is the
+/// offset after the text, so a client that reconnects with `Last-Event-ID` misses nothing and
+/// sees nothing twice), `restart` when the job starts a new attempt, and a final `end` with the
+/// job's status. While the job runs only whole lines are sent.
+fn live_log(state: Shared, job: u64, offset: u64) -> Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let start = LiveLog {
+        state,
+        job,
+        attempt: None,
+        offset,
+        ended: false,
+    };
+    let stream = futures::stream::unfold(start, |mut live| async move {
+        if live.ended {
+            return None;
+        }
+        let event = live.next_event().await;
+        Some((Ok(event), live))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+impl LiveLog {
+    async fn next_event(&mut self) -> Event {
+        loop {
+            let Some(job) = self.state.directory.job(self.job) else {
+                self.ended = true;
+                return Event::default().event("end").data(json!({"status": null, "error": "the job is gone"}).to_string());
+            };
+            if self.attempt.is_some_and(|attempt| attempt != job.attempt) {
+                self.attempt = Some(job.attempt);
+                self.offset = 0;
+                return Event::default().event("restart").data(json!({"attempt": job.attempt}).to_string());
+            }
+            self.attempt = Some(job.attempt);
+            match read_log_chunk(&self.state, &job, self.offset).await {
+                Ok((mut data, eof)) => {
+                    if !eof && data.len() < MAX_CHUNK_BYTES {
+                        // Hold back a partial last line until it is whole.
+                        data.truncate(data.iter().rposition(|b| *b == b'\n').map_or(0, |at| at + 1));
+                    }
+                    if !data.is_empty() {
+                        let at = self.offset;
+                        self.offset += data.len() as u64;
+                        let text = String::from_utf8_lossy(&data);
+                        return Event::default()
+                            .event("log")
+                            .id(self.offset.to_string())
+                            .data(json!({"offset": at, "text": text}).to_string());
+                    }
+                    if eof && job.status.is_finished() {
+                        self.ended = true;
+                        return Event::default().event("end").data(json!({"status": job.status, "attempt": job.attempt}).to_string());
+                    }
+                }
+                // The runner's node is unreachable: its lease will run out and the job start
+                // again elsewhere, which the next look sees.
+                Err(error) => tracing::debug!(job = self.job, %error, "live log read failed"),
+            }
+            tokio::time::sleep(LOG_POLL).await;
+        }
+    }
+}
+
+// ---- artifacts ----
+
+async fn list_artifacts(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
+    reader(&state, &headers)?;
+    let job = job_of(&state, id)?;
+    json_ok(json!({
+        "job": id,
+        "expire_ms": job.artifacts_expire_ms,
+        "artifacts": job.artifacts,
+    }))
+}
+
+async fn download_artifact(State(state): State<Shared>, headers: HeaderMap, Path((id, path)): Path<(u64, String)>) -> ApiResult {
+    reader(&state, &headers)?;
+    let job = job_of(&state, id)?;
+    let not_found = || ApiError::NotFound {
+        what: format!("artifact {path} of job {id}"),
+    };
+    let file = job.artifacts.iter().find(|a| a.path == path).cloned().ok_or_else(not_found)?;
+    let node = job.node.ok_or_else(not_found)?;
+    if job.artifacts_expire_ms.is_some_and(|expiry| expiry <= now_ms()) {
+        return Err(ApiError::NotFound {
+            what: format!("artifact {path} of job {id} (it expired)"),
+        }
+        .into());
+    }
+    // The first chunk is read before answering, so a missing file is a clean 404.
+    let first = read_artifact(&state, node, id, &path, 0).await?;
+    let name = path.rsplit('/').next().unwrap_or(&path).replace('"', "");
+    let rest = futures::stream::unfold(
+        (state.clone(), first.eof, first.data.len() as u64),
+        move |(state, eof, offset)| {
+            let path = file.path.clone();
+            async move {
+                if eof {
+                    return None;
+                }
+                match read_artifact(&state, node, id, &path, offset).await {
+                    Ok(chunk) => {
+                        let next = (state, chunk.eof, offset + chunk.data.len() as u64);
+                        Some((Ok::<_, std::io::Error>(bytes::Bytes::from(chunk.data)), next))
+                    }
+                    Err(error) => Some((Err(std::io::Error::other(error.to_string())), (state, true, offset))),
+                }
+            }
+        },
+    );
+    let head = futures::stream::once(async move { Ok::<_, std::io::Error>(bytes::Bytes::from(first.data)) });
+    let body = Body::from_stream(futures::StreamExt::chain(head, rest));
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn read_artifact(state: &FrontState, node: wharf_proto::NodeId, job: u64, path: &str, offset: u64) -> Result<wharf_proto::SessionChunk, ApiError> {
+    let request = NodeRequest::ReadArtifact {
+        job,
+        path: path.to_owned(),
+        offset,
+    };
+    match state.nodes.call(node, &request).await? {
+        NodeReply::Chunk(chunk) => Ok(chunk),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+// ---- variables ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VariableBody {
+    name: String,
+    value: String,
+    #[serde(default)]
+    secret: bool,
+}
+
+/// Checks a variable a user sets: a shell-safe name that does not shadow Wharf's own, and a
+/// value a job's environment can hold.
+fn check_variable(body: &VariableBody) -> Result<(), ApiError> {
+    let name = &body.name;
+    let valid_name = !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid_name {
+        return Err(ApiError::InvalidName {
+            name: name.chars().take(200).collect(),
+            reason: "a variable name has 1 to 100 letters, digits and underscores and does not start with a digit".into(),
+        });
+    }
+    if name.starts_with("WHARF_") || ["CI", "PATH", "HOME"].contains(&name.as_str()) {
+        return Err(ApiError::InvalidName {
+            name: name.clone(),
+            reason: "CI, PATH, HOME and WHARF_* are set by Wharf".into(),
+        });
+    }
+    if body.value.len() > MAX_VARIABLE_BYTES || body.value.contains('\0') {
+        return Err(ApiError::invalid(format!("a variable's value is at most {MAX_VARIABLE_BYTES} bytes, without NUL")));
+    }
+    if body.secret && body.value.len() < 4 {
+        return Err(ApiError::invalid("a secret variable's value has at least 4 bytes, or masking it would hide ordinary text"));
+    }
+    Ok(())
+}
+
+fn variable_json(variable: &Variable) -> Value {
+    json!({
+        "name": variable.name,
+        "secret": variable.secret,
+        "value": if variable.secret { Value::Null } else { json!(variable.value) },
+    })
+}
+
+async fn list_variables(State(state): State<Shared>, headers: HeaderMap, Path((owner, name)): Path<(String, String)>) -> ApiResult {
+    writer(&state, &headers)?;
+    let record = record_of(&state, &repo_name(&owner, &name)?)?;
+    let variables: Vec<Value> = state.directory.variables(record.id).iter().map(variable_json).collect();
+    json_ok(json!({ "variables": variables }))
+}
+
+async fn set_variable(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((owner, name)): Path<(String, String)>,
+    JsonBody(body): JsonBody<VariableBody>,
+) -> ApiResult {
+    writer(&state, &headers)?;
+    let record = record_of(&state, &repo_name(&owner, &name)?)?;
+    check_variable(&body)?;
+    let variable = Variable {
+        name: body.name,
+        value: body.value,
+        secret: body.secret,
+    };
+    act(&state, CiAction::SetVariable { repo: record.id, variable: variable.clone() }).await?;
+    created(variable_json(&variable))
+}
+
+async fn delete_variable(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((owner, name, variable)): Path<(String, String, String)>,
+) -> ApiResult {
+    writer(&state, &headers)?;
+    let record = record_of(&state, &repo_name(&owner, &name)?)?;
+    act(&state, CiAction::DeleteVariable { repo: record.id, name: variable }).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---- the seed's test API ----
+
+#[derive(Deserialize)]
+struct SeedTrigger {
+    repo_url: String,
+    branch_name: String,
+    /// A stage or job name (unit, integration, e2e); all jobs when absent.
+    test_type: Option<String>,
+}
+
+async fn seed_trigger(State(state): State<Shared>, headers: HeaderMap, JsonBody(body): JsonBody<SeedTrigger>) -> ApiResult {
+    writer(&state, &headers)?;
+    let name = wharf_proto::RepoName::parse(&body.repo_url)?;
+    let request = RepoRequest::TriggerPipeline {
+        branch: body.branch_name,
+        only: body.test_type.filter(|t| !t.is_empty()),
+    };
+    match repo_call(&state, &name, request).await? {
+        NodeReply::PipelineStarted(id) => created(json!({
+            "message": "Tests triggered successfully",
+            "test_id": id,
+        })),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct SeedResults {
+    test_id: u64,
+}
+
+async fn seed_results(State(state): State<Shared>, headers: HeaderMap, BodyOrQuery(body): BodyOrQuery<SeedResults>) -> ApiResult {
+    reader(&state, &headers)?;
+    let pipeline = state.directory.pipeline(body.test_id).ok_or_else(|| ApiError::NotFound {
+        what: format!("test run {}", body.test_id),
+    })?;
+    let jobs: Vec<JobRecord> = pipeline.jobs.iter().filter_map(|job| state.directory.job(*job)).collect();
+    let count = |pick: fn(&wharf_proto::TestReport) -> u64| jobs.iter().filter_map(|j| j.tests.as_ref()).map(pick).sum::<u64>();
+    let failures: Vec<Value> = jobs
+        .iter()
+        .filter_map(|j| j.tests.as_ref().map(|t| (j, t)))
+        .flat_map(|(job, tests)| tests.failures.iter().map(move |f| json!({"job": job.name, "suite": f.suite, "class": f.class, "name": f.name, "message": f.message})))
+        .collect();
+    let failed_jobs: Vec<&str> = jobs
+        .iter()
+        .filter(|j| matches!(j.status, JobStatus::Failed | JobStatus::TimedOut))
+        .map(|j| j.name.as_str())
+        .collect();
+    json_ok(json!({
+        "test_id": pipeline.id,
+        "status": pipeline.status,
+        "coverage": mean_coverage(&jobs),
+        "details": {
+            "ref": pipeline.ref_name,
+            "sha": pipeline.sha,
+            "error": pipeline.error,
+            "tests": {"passed": count(|t| t.passed), "failed": count(|t| t.failed), "skipped": count(|t| t.skipped)},
+            "failures": failures,
+            "failed_jobs": failed_jobs,
+            "jobs": jobs.iter().map(job_json).collect::<Vec<_>>(),
+        },
+    }))
+}

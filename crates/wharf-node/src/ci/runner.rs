@@ -1,0 +1,223 @@
+//! This node's runner: it takes queued jobs into free slots, keeps their leases, and stops them
+//! when they are canceled or their lease is lost.
+//!
+//! Taking a job is a Raft write ([`CiCommand::ClaimJob`]) that only one runner can win, so
+//! runners on every node may race for the same job. The lease is renewed every third of its
+//! length; if a renewal is refused (the job was canceled, or the lease ran out while this node
+//! was cut off and another runner took it), the job's processes are killed and its result is
+//! never reported. The Raft leader's runner also ends leases that ran out
+//! ([`CiCommand::ExpireLeases`]), so a job whose node died is queued again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::{watch, Semaphore};
+use wharf_meta::CiCommand;
+use wharf_proto::{JobRecord, JobStatus, NodeState};
+
+use crate::NodeContext;
+
+/// How often an idle runner looks for queued jobs.
+const POLL: Duration = Duration::from_millis(200);
+/// How often the leader looks for leases that ran out.
+const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+
+/// Why a running job must stop before its script ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// A user canceled it.
+    Canceled,
+    /// Its lease is gone: another runner may run it now.
+    LeaseLost,
+    /// This node is shutting down.
+    Shutdown,
+}
+
+/// This node's runner slots and the jobs running in them.
+pub(crate) struct Runner {
+    slots: Arc<Semaphore>,
+    /// A stop signal for each job running here, by job id.
+    running: Mutex<HashMap<u64, watch::Sender<Option<Stop>>>>,
+    /// One lock per repository mirror, so two jobs never fetch into one at once.
+    mirrors: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Runner {
+    pub fn new(slots: usize) -> Runner {
+        Runner {
+            // Zero slots is allowed: a node that stores repositories but runs no jobs.
+            slots: Arc::new(Semaphore::new(slots)),
+            running: Mutex::new(HashMap::new()),
+            mirrors: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Registers a job that starts here; the receiver says when it must stop.
+    pub(super) fn track(&self, job: u64) -> watch::Receiver<Option<Stop>> {
+        let (sender, receiver) = watch::channel(None);
+        self.lock_running().insert(job, sender);
+        receiver
+    }
+
+    pub(super) fn untrack(&self, job: u64) {
+        self.lock_running().remove(&job);
+    }
+
+    fn stop(&self, job: u64, why: Stop) {
+        if let Some(sender) = self.lock_running().get(&job) {
+            // The first reason wins: a job canceled and then cut off was canceled.
+            sender.send_if_modified(|current| {
+                let first = current.is_none();
+                if first {
+                    *current = Some(why);
+                }
+                first
+            });
+        }
+    }
+
+    /// Stops every job running here (the node is shutting down).
+    pub fn stop_all(&self) {
+        for sender in self.lock_running().values() {
+            let _ = sender.send(Some(Stop::Shutdown));
+        }
+    }
+
+    fn running_ids(&self) -> Vec<u64> {
+        self.lock_running().keys().copied().collect()
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<u64, watch::Sender<Option<Stop>>>> {
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The lock of repository `repo`'s mirror.
+    pub(super) fn mirror_lock(&self, repo: u64) -> Arc<tokio::sync::Mutex<()>> {
+        let mut mirrors = self.mirrors.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        mirrors.entry(repo).or_default().clone()
+    }
+}
+
+/// Starts the runner loops of `node`; they end when the node stops.
+pub(crate) fn spawn_runner(node: Weak<NodeContext>) {
+    let claimer = node.clone();
+    tokio::spawn(async move {
+        while let Some(node) = claimer.upgrade().filter(|n| !n.is_stopping()) {
+            claim_queued(&node).await;
+            watch_running(&node);
+            drop(node);
+            tokio::time::sleep(POLL).await;
+        }
+    });
+    let expirer = node.clone();
+    tokio::spawn(async move {
+        while let Some(node) = expirer.upgrade().filter(|n| !n.is_stopping()) {
+            expire_leases(&node).await;
+            drop(node);
+            tokio::time::sleep(EXPIRY_CHECK).await;
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(node) = node.upgrade().filter(|n| !n.is_stopping()) {
+            super::files::sweep_expired_artifacts(&node).await;
+            drop(node);
+            tokio::time::sleep(super::files::SWEEP_PERIOD).await;
+        }
+    });
+}
+
+/// Takes as many queued jobs as there are free slots, unless this node is being drained.
+async fn claim_queued(node: &Arc<NodeContext>) {
+    let directory = node.meta.directory();
+    let me = node.config.id;
+    let accepting = directory.nodes().iter().any(|n| n.id == me && n.state == NodeState::Active);
+    let free = node.runner.slots.available_permits();
+    if !accepting || free == 0 {
+        return;
+    }
+    // Look at a few more than there are slots: other runners may win some of them.
+    for job in directory.queued_jobs(free * 4) {
+        let Ok(permit) = node.runner.slots.clone().try_acquire_owned() else { return };
+        let command = CiCommand::ClaimJob {
+            job: job.id,
+            node: me,
+            now_ms: crate::now_ms(),
+            lease_ms: node.config.job_lease.as_millis() as u64,
+        };
+        if super::write(node, command, "claim job").await.is_err() {
+            // Another runner took it, or it was canceled meanwhile.
+            continue;
+        }
+        let claimed = JobRecord {
+            status: JobStatus::Running,
+            node: Some(me),
+            attempt: job.attempt + 1,
+            ..job
+        };
+        tracing::info!(job = claimed.id, name = %claimed.name, attempt = claimed.attempt, "job claimed");
+        let stop = node.runner.track(claimed.id);
+        let lease = tokio::spawn(keep_lease(node.clone(), claimed.clone()));
+        let node = node.clone();
+        tokio::spawn(async move {
+            super::job::run(&node, &claimed, stop).await;
+            lease.abort();
+            node.runner.untrack(claimed.id);
+            drop(permit);
+        });
+    }
+}
+
+/// Stops jobs running here that a user canceled.
+fn watch_running(node: &NodeContext) {
+    let directory = node.meta.directory();
+    for id in node.runner.running_ids() {
+        if directory.job(id).is_some_and(|job| job.status == JobStatus::Canceled) {
+            node.runner.stop(id, Stop::Canceled);
+        }
+    }
+}
+
+/// Renews the job's lease until the task is aborted; a refused renewal stops the job.
+async fn keep_lease(node: Arc<NodeContext>, job: JobRecord) {
+    let lease = node.config.job_lease;
+    loop {
+        tokio::time::sleep(lease / 3).await;
+        let command = CiCommand::RenewLease {
+            job: job.id,
+            node: node.config.id,
+            attempt: job.attempt,
+            until_ms: crate::now_ms() + lease.as_millis() as u64,
+        };
+        match super::write(&node, command, "renew lease").await {
+            Ok(_) => {}
+            Err(wharf_proto::ApiError::Conflict { .. }) => {
+                let canceled = node.meta.directory().job(job.id).is_some_and(|j| j.status == JobStatus::Canceled);
+                node.runner.stop(job.id, if canceled { Stop::Canceled } else { Stop::LeaseLost });
+                return;
+            }
+            // No leader for now: try again; the lease still runs.
+            Err(error) => tracing::warn!(job = job.id, %error, "lease not renewed"),
+        }
+    }
+}
+
+/// At the Raft leader: ends leases that ran out, so their jobs run elsewhere.
+async fn expire_leases(node: &NodeContext) {
+    if node.meta.status().leader != Some(node.config.id.0) {
+        return;
+    }
+    let now_ms = crate::now_ms();
+    let expired = node
+        .meta
+        .directory()
+        .running_jobs()
+        .iter()
+        .any(|job| job.lease_until_ms.is_some_and(|until| until < now_ms));
+    if expired {
+        tracing::warn!("a runner's lease ran out; its job goes back to the queue");
+        if let Err(error) = super::write(node, CiCommand::ExpireLeases { now_ms }, "expire leases").await {
+            tracing::warn!(%error, "leases not expired");
+        }
+    }
+}
