@@ -20,6 +20,8 @@ pub fn free_port() -> u16 {
 pub struct LocalCluster {
     nodes: Vec<Option<Process>>,
     ports: Vec<u16>,
+    /// Flags added to each node's command line, by node id.
+    extra: Box<dyn Fn(u64) -> Vec<String>>,
     /// The front.
     pub front: Wharf,
     front_args: Vec<String>,
@@ -29,12 +31,20 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Starts node 1 (which creates the cluster), nodes `2..=n` joining it, and a front.
     pub fn start(n: usize) -> LocalCluster {
+        LocalCluster::start_with(n, |_| Vec::new())
+    }
+
+    /// Like [`LocalCluster::start`], with `extra(id)` added to node `id`'s flags.
+    pub fn start_with(n: usize, extra: impl Fn(u64) -> Vec<String> + 'static) -> LocalCluster {
+        let extra: Box<dyn Fn(u64) -> Vec<String>> = Box::new(extra);
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
         for id in 1..=n as u64 {
             let join = (id > 1).then(|| format!("127.0.0.1:{}", ports[0]));
-            let mut node = Process::spawn(&format!("node{id}"), &node_args(&dir, &ports, id, join));
+            let mut args = node_args(&dir, &ports, id, join);
+            args.extend(extra(id));
+            let mut node = Process::spawn(&format!("node{id}"), &args);
             node.wait_for_line(&format!("wharf: node {id} ready"), START_DEADLINE);
             nodes.push(Some(node));
         }
@@ -65,6 +75,7 @@ impl LocalCluster {
         LocalCluster {
             nodes,
             ports,
+            extra,
             front,
             front_args,
             dir,
@@ -101,7 +112,9 @@ impl LocalCluster {
     /// Starts node `id` again on its data directory (it finds its peers from its Raft state).
     pub fn restart_node(&mut self, id: u64) {
         self.kill_node(id);
-        let mut node = Process::spawn(&format!("node{id}"), &node_args(&self.dir, &self.ports, id, None));
+        let mut args = node_args(&self.dir, &self.ports, id, None);
+        args.extend((self.extra)(id));
+        let mut node = Process::spawn(&format!("node{id}"), &args);
         node.wait_for_line(&format!("wharf: node {id} ready"), START_DEADLINE);
         self.nodes[id as usize - 1] = Some(node);
     }
@@ -111,7 +124,9 @@ impl LocalCluster {
         self.ports.push(free_port());
         let id = self.ports.len() as u64;
         let join = Some(format!("127.0.0.1:{}", self.ports[0]));
-        let mut node = Process::spawn(&format!("node{id}"), &node_args(&self.dir, &self.ports, id, join));
+        let mut args = node_args(&self.dir, &self.ports, id, join);
+        args.extend((self.extra)(id));
+        let mut node = Process::spawn(&format!("node{id}"), &args);
         node.wait_for_line(&format!("wharf: node {id} ready"), START_DEADLINE);
         self.nodes.push(Some(node));
         id

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -21,7 +21,7 @@ use wharf_proto::{
 };
 
 use crate::error::HttpError;
-use crate::extract::{BodyOrQuery, JsonBody};
+use crate::extract::{BodyOrQuery, JsonBody, JsonPath};
 use crate::{auth, FrontState};
 
 type Shared = Arc<FrontState>;
@@ -188,7 +188,7 @@ async fn create_repo(State(state): State<Shared>, headers: HeaderMap, JsonBody(b
     }
 }
 
-async fn show_repo(State(state): State<Shared>, headers: HeaderMap, Path((owner, name)): Path<(String, String)>) -> ApiResult {
+async fn show_repo(State(state): State<Shared>, headers: HeaderMap, JsonPath((owner, name)): JsonPath<(String, String)>) -> ApiResult {
     reader(&state, &headers)?;
     let name = repo_name(&owner, &name)?;
     let record = record_of(&state, &name)?;
@@ -204,7 +204,7 @@ async fn show_repo(State(state): State<Shared>, headers: HeaderMap, Path((owner,
     json_ok(body)
 }
 
-async fn delete_repo(State(state): State<Shared>, headers: HeaderMap, Path((owner, name)): Path<(String, String)>) -> ApiResult {
+async fn delete_repo(State(state): State<Shared>, headers: HeaderMap, JsonPath((owner, name)): JsonPath<(String, String)>) -> ApiResult {
     writer(&state, &headers)?;
     let name = repo_name(&owner, &name)?;
     let record = record_of(&state, &name)?;
@@ -217,7 +217,7 @@ async fn delete_repo(State(state): State<Shared>, headers: HeaderMap, Path((owne
 
 // ---- refs ----
 
-async fn list_branches(State(state): State<Shared>, headers: HeaderMap, Path((owner, name)): Path<(String, String)>) -> ApiResult {
+async fn list_branches(State(state): State<Shared>, headers: HeaderMap, JsonPath((owner, name)): JsonPath<(String, String)>) -> ApiResult {
     reader(&state, &headers)?;
     let name = repo_name(&owner, &name)?;
     match repo_call(&state, &name, RepoRequest::ListBranches).await? {
@@ -236,7 +236,7 @@ struct CreateBranchBody {
 async fn create_branch(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path((owner, name)): Path<(String, String)>,
+    JsonPath((owner, name)): JsonPath<(String, String)>,
     JsonBody(body): JsonBody<CreateBranchBody>,
 ) -> ApiResult {
     writer(&state, &headers)?;
@@ -254,7 +254,7 @@ async fn create_branch(
 async fn delete_branch(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path((owner, name, branch)): Path<(String, String, String)>,
+    JsonPath((owner, name, branch)): JsonPath<(String, String, String)>,
 ) -> ApiResult {
     writer(&state, &headers)?;
     let name = repo_name(&owner, &name)?;
@@ -262,7 +262,7 @@ async fn delete_branch(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_tags(State(state): State<Shared>, headers: HeaderMap, Path((owner, name)): Path<(String, String)>) -> ApiResult {
+async fn list_tags(State(state): State<Shared>, headers: HeaderMap, JsonPath((owner, name)): JsonPath<(String, String)>) -> ApiResult {
     reader(&state, &headers)?;
     let name = repo_name(&owner, &name)?;
     match repo_call(&state, &name, RepoRequest::ListTags).await? {
@@ -287,7 +287,7 @@ struct TreeQuery {
 async fn tree(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path((owner, name)): Path<(String, String)>,
+    JsonPath((owner, name)): JsonPath<(String, String)>,
     query: Result<Query<TreeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     reader(&state, &headers)?;
@@ -325,7 +325,7 @@ async fn read_blob(state: &FrontState, headers: &HeaderMap, owner: &str, name: &
 async fn blob(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path((owner, name)): Path<(String, String)>,
+    JsonPath((owner, name)): JsonPath<(String, String)>,
     query: Result<Query<BlobQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let Query(query) = query.map_err(bad_query)?;
@@ -349,7 +349,7 @@ async fn blob(
 async fn raw(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path((owner, name)): Path<(String, String)>,
+    JsonPath((owner, name)): JsonPath<(String, String)>,
     query: Result<Query<BlobQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let Query(query) = query.map_err(bad_query)?;
@@ -370,7 +370,7 @@ struct LogQuery {
 async fn log(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path((owner, name)): Path<(String, String)>,
+    JsonPath((owner, name)): JsonPath<(String, String)>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     reader(&state, &headers)?;
@@ -391,7 +391,7 @@ async fn log(
 async fn show_commit(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path((owner, name, sha)): Path<(String, String, String)>,
+    JsonPath((owner, name, sha)): JsonPath<(String, String, String)>,
 ) -> ApiResult {
     reader(&state, &headers)?;
     let name = repo_name(&owner, &name)?;
@@ -410,7 +410,7 @@ struct CompareQuery {
 async fn compare(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path((owner, name)): Path<(String, String)>,
+    JsonPath((owner, name)): JsonPath<(String, String)>,
     query: Result<Query<CompareQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     reader(&state, &headers)?;
@@ -485,7 +485,7 @@ fn author(principal: &Principal, name: Option<String>, email: Option<String>) ->
 async fn commit_files(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path((owner, name)): Path<(String, String)>,
+    JsonPath((owner, name)): JsonPath<(String, String)>,
     JsonBody(body): JsonBody<CommitBody>,
 ) -> ApiResult {
     let principal = writer(&state, &headers)?;
@@ -521,7 +521,7 @@ struct MergeBody {
 async fn merge(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path((owner, name)): Path<(String, String)>,
+    JsonPath((owner, name)): JsonPath<(String, String)>,
     JsonBody(body): JsonBody<MergeBody>,
 ) -> ApiResult {
     let principal = writer(&state, &headers)?;
@@ -553,7 +553,7 @@ struct EventsQuery {
 async fn events(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path((owner, name)): Path<(String, String)>,
+    JsonPath((owner, name)): JsonPath<(String, String)>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     reader(&state, &headers)?;
@@ -618,16 +618,16 @@ async fn cluster_status(State(state): State<Shared>, headers: HeaderMap) -> ApiR
     }))
 }
 
-async fn drain_node(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
+async fn drain_node(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     set_node_state(&state, &headers, id, NodeState::Draining).await
 }
 
-async fn undrain_node(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
+async fn undrain_node(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     set_node_state(&state, &headers, id, NodeState::Active).await
 }
 
 /// Removes a drained node from the cluster, through any other node.
-async fn remove_node(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
+async fn remove_node(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     writer(&state, &headers)?;
     let request = NodeRequest::RemoveMember {
         node: wharf_proto::NodeId(id),

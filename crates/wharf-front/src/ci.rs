@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +20,7 @@ use wharf_proto::{ApiError, CiAction, JobRecord, JobStatus, NodeReply, NodeReque
 
 use crate::api::{bad_query, created, json_ok, reader, record_of, repo_call, repo_name, unexpected, writer};
 use crate::error::HttpError;
-use crate::extract::{BodyOrQuery, JsonBody};
+use crate::extract::{BodyOrQuery, JsonBody, JsonPath};
 use crate::FrontState;
 
 type Shared = Arc<FrontState>;
@@ -95,7 +95,7 @@ async fn act(state: &FrontState, action: CiAction) -> Result<NodeReply, ApiError
 
 // ---- pipelines and jobs ----
 
-async fn list_pipelines(State(state): State<Shared>, headers: HeaderMap, Path((owner, name)): Path<(String, String)>) -> ApiResult {
+async fn list_pipelines(State(state): State<Shared>, headers: HeaderMap, JsonPath((owner, name)): JsonPath<(String, String)>) -> ApiResult {
     reader(&state, &headers)?;
     let record = record_of(&state, &repo_name(&owner, &name)?)?;
     let pipelines: Vec<Value> = state
@@ -120,7 +120,7 @@ struct RunPipelineBody {
 async fn run_pipeline(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path((owner, name)): Path<(String, String)>,
+    JsonPath((owner, name)): JsonPath<(String, String)>,
     JsonBody(body): JsonBody<RunPipelineBody>,
 ) -> ApiResult {
     writer(&state, &headers)?;
@@ -148,12 +148,12 @@ async fn wait_for_pipeline(state: &FrontState, id: u64) -> Result<PipelineRecord
     }
 }
 
-async fn show_pipeline(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
+async fn show_pipeline(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     reader(&state, &headers)?;
     json_ok(pipeline_json(&state, &pipeline_of(&state, id)?))
 }
 
-async fn cancel_pipeline(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
+async fn cancel_pipeline(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     writer(&state, &headers)?;
     pipeline_of(&state, id)?;
     match act(&state, CiAction::CancelPipeline { pipeline: id }).await? {
@@ -162,12 +162,12 @@ async fn cancel_pipeline(State(state): State<Shared>, headers: HeaderMap, Path(i
     }
 }
 
-async fn show_job(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
+async fn show_job(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     reader(&state, &headers)?;
     json_ok(job_json(&job_of(&state, id)?))
 }
 
-async fn retry_job(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
+async fn retry_job(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     writer(&state, &headers)?;
     job_of(&state, id)?;
     match act(&state, CiAction::RetryJob { job: id }).await? {
@@ -191,7 +191,7 @@ struct LogQuery {
 async fn job_log(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path(id): Path<u64>,
+    JsonPath(id): JsonPath<u64>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     reader(&state, &headers)?;
@@ -323,7 +323,7 @@ impl LiveLog {
 
 // ---- artifacts ----
 
-async fn list_artifacts(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> ApiResult {
+async fn list_artifacts(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     reader(&state, &headers)?;
     let job = job_of(&state, id)?;
     json_ok(json!({
@@ -333,7 +333,7 @@ async fn list_artifacts(State(state): State<Shared>, headers: HeaderMap, Path(id
     }))
 }
 
-async fn download_artifact(State(state): State<Shared>, headers: HeaderMap, Path((id, path)): Path<(u64, String)>) -> ApiResult {
+async fn download_artifact(State(state): State<Shared>, headers: HeaderMap, JsonPath((id, path)): JsonPath<(u64, String)>) -> ApiResult {
     reader(&state, &headers)?;
     let job = job_of(&state, id)?;
     let not_found = || ApiError::NotFound {
@@ -448,7 +448,7 @@ fn variable_json(variable: &Variable) -> Value {
     })
 }
 
-async fn list_variables(State(state): State<Shared>, headers: HeaderMap, Path((owner, name)): Path<(String, String)>) -> ApiResult {
+async fn list_variables(State(state): State<Shared>, headers: HeaderMap, JsonPath((owner, name)): JsonPath<(String, String)>) -> ApiResult {
     writer(&state, &headers)?;
     let record = record_of(&state, &repo_name(&owner, &name)?)?;
     let variables: Vec<Value> = state.directory.variables(record.id).iter().map(variable_json).collect();
@@ -458,7 +458,7 @@ async fn list_variables(State(state): State<Shared>, headers: HeaderMap, Path((o
 async fn set_variable(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path((owner, name)): Path<(String, String)>,
+    JsonPath((owner, name)): JsonPath<(String, String)>,
     JsonBody(body): JsonBody<VariableBody>,
 ) -> ApiResult {
     writer(&state, &headers)?;
@@ -476,7 +476,7 @@ async fn set_variable(
 async fn delete_variable(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path((owner, name, variable)): Path<(String, String, String)>,
+    JsonPath((owner, name, variable)): JsonPath<(String, String, String)>,
 ) -> ApiResult {
     writer(&state, &headers)?;
     let record = record_of(&state, &repo_name(&owner, &name)?)?;

@@ -89,3 +89,17 @@ pub(crate) fn announced_length(headers: &axum::http::HeaderMap) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// Path parameters; a malformed one (a job id that is not a number) is a JSON 400.
+pub struct JsonPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send> axum::extract::FromRequestParts<Shared> for JsonPath<T> {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &Shared) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| JsonPath(value))
+            .map_err(|rejection| HttpError(ApiError::invalid(format!("malformed path: {}", rejection.body_text()))))
+    }
+}

@@ -256,11 +256,10 @@ impl CiState {
                         message: format!("job {job} is {:?}: only a finished job can be retried", record.status),
                     });
                 }
-                let pipeline = record.pipeline;
+                let (pipeline, name) = (record.pipeline, record.name.clone());
                 reset(record);
-                // What did not run because of this job runs after it now.
-                let ids = self.pipeline(pipeline)?.jobs.clone();
-                for id in ids {
+                // What did not run because of this job may run after it now.
+                for id in self.dependents(pipeline, &name) {
                     if let Some(record) = self.jobs.get_mut(&id) {
                         if matches!(record.status, JobStatus::Skipped | JobStatus::Canceled) {
                             reset(record);
@@ -357,6 +356,29 @@ impl CiState {
             None
         };
         Some(record.clone())
+    }
+
+    /// The jobs of `pipeline` that wait, directly or not, for the job called `name`.
+    fn dependents(&self, pipeline: u64, name: &str) -> Vec<u64> {
+        let jobs: Vec<&JobRecord> = self
+            .pipelines
+            .get(&pipeline)
+            .map(|p| p.jobs.iter().filter_map(|id| self.jobs.get(id)).collect())
+            .unwrap_or_default();
+        let mut waiting: std::collections::BTreeSet<&str> = [name].into();
+        let mut found = Vec::new();
+        loop {
+            let before = found.len();
+            for job in &jobs {
+                if !found.contains(&job.id) && job.needs.iter().any(|need| waiting.contains(need.as_str())) {
+                    waiting.insert(&job.name);
+                    found.push(job.id);
+                }
+            }
+            if found.len() == before {
+                return found;
+            }
+        }
     }
 
     fn job_mut(&mut self, job: u64) -> Result<&mut JobRecord, ApiError> {
@@ -601,8 +623,11 @@ mod tests {
     #[test]
     fn cancel_stops_everything_unfinished_and_retry_brings_back_what_followed() {
         let mut state = CiState::default();
-        let record = pipeline(&mut state, vec![planned("build", "build", &[], 0), planned("unit", "test", &["build"], 0)]);
-        let [build, unit] = [record.jobs[0], record.jobs[1]];
+        let record = pipeline(
+            &mut state,
+            vec![planned("build", "build", &[], 0), planned("lint", "build", &[], 0), planned("unit", "test", &["build"], 0)],
+        );
+        let [build, lint, unit] = [record.jobs[0], record.jobs[1], record.jobs[2]];
         claim(&mut state, build, 1, 1).unwrap();
         let canceled = state
             .apply(CiCommand::CancelPipeline {
@@ -616,10 +641,11 @@ mod tests {
         finish_with(&mut state, build, 1, 1, JobStatus::Passed).unwrap();
         assert_eq!(status(&state, build), JobStatus::Canceled, "the runner's late report changes nothing");
         let retried = state.apply(CiCommand::RetryJob { job: build, now_ms: 6 }).unwrap().unwrap();
-        assert_eq!(retried.status, PipelineStatus::Queued);
+        assert_eq!(retried.status, PipelineStatus::Running);
         assert!(retried.finished_ms.is_none());
         assert_eq!(status(&state, build), JobStatus::Queued);
-        assert_eq!(status(&state, unit), JobStatus::Created);
+        assert_eq!(status(&state, unit), JobStatus::Created, "what waits for the retried job runs again");
+        assert_eq!(status(&state, lint), JobStatus::Canceled, "what does not wait for it stays as it was");
         claim(&mut state, build, 2, 7).unwrap();
         assert_eq!(state.job(build).unwrap().attempt, 2);
         assert!(state.apply(CiCommand::RetryJob { job: build, now_ms: 8 }).is_err(), "a running job is not retried");
