@@ -475,3 +475,35 @@ fn a_job_whose_runner_is_killed_runs_again_elsewhere_and_ends_once() {
     let log = String::from_utf8(front.get(&format!("/api/v1/jobs/{}/log", ended["id"])).bytes).unwrap();
     assert!(log.contains(&format!("done on node {survivor}")), "{log}");
 }
+
+#[test]
+fn the_cli_runs_and_follows_a_pipeline_with_live_logs_and_a_summary() {
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(data.path());
+    wharf.create_repo("acme/cli");
+    let file = "stages: [build, test]\njobs:\n  build:\n    stage: build\n    script: [echo compiling]\n  unit:\n    stage: test\n    script: ['echo \"Coverage: 75.00%\"', exit 4]\n    coverage: 'Coverage: (\\d+\\.\\d+)%'\n";
+    push(&wharf, "acme/cli", &[(".wharf.yml", file)]);
+    finished_pipeline(&wharf, "acme/cli");
+    let run = |args: &[&str]| {
+        std::process::Command::new(wharf_tests::wharf_binary())
+            .args(args)
+            .env("WHARF_URL", &wharf.url)
+            .env("WHARF_TOKEN", &wharf.token)
+            .output()
+            .unwrap()
+    };
+    let output = run(&["pipeline", "run", "acme/cli", "main"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "a failed pipeline fails the command: {stdout}");
+    assert!(stdout.contains("       build | compiling\n"), "{stdout}");
+    assert!(stdout.contains("==> unit: failed on node 1"), "{stdout}");
+    let summary = stdout.lines().find(|l| l.starts_with("unit ")).unwrap();
+    assert!(summary.contains("failed") && summary.contains("75.00%"), "{summary}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("pipeline 2 failed"));
+
+    let listed = String::from_utf8(run(&["pipeline", "list", "acme/cli"]).stdout).unwrap();
+    assert_eq!(listed.lines().count(), 3, "a header and two pipelines: {listed}");
+    let missing = run(&["pipeline", "follow", "999"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("pipeline 999 not found"));
+}

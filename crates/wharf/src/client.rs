@@ -28,7 +28,7 @@ impl Server {
 
     /// Sends a request; a 503 (a node or the metadata leader is briefly away) is retried
     /// for up to a minute, as its `Retry-After` asks.
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(crate) async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             match self.send_once(method.clone(), path, body.clone()).await {
@@ -39,6 +39,24 @@ impl Server {
                 result => return result,
             }
         }
+    }
+
+    /// A job's log from `offset`: the text, the next offset, and whether the log is complete.
+    pub(crate) async fn log_from(&self, job: u64, offset: u64) -> anyhow::Result<(String, u64, bool)> {
+        let url = format!("{}/api/v1/jobs/{job}/log?offset={offset}", self.url.trim_end_matches('/'));
+        let mut request = reqwest::Client::new().get(&url);
+        if let Some(token) = self.token() {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.with_context(|| format!("cannot reach {url}"))?;
+        if !response.status().is_success() {
+            bail!("{}: {}", response.status(), response.text().await.unwrap_or_default());
+        }
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let complete = header("x-wharf-log-complete").as_deref() == Some("true");
+        let next = header("x-wharf-log-offset").and_then(|v| v.parse().ok());
+        let text = response.text().await?;
+        Ok((text.clone(), next.unwrap_or(offset + text.len() as u64), complete))
     }
 
     async fn send_once(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
@@ -116,7 +134,7 @@ pub async fn branch(server: Server, command: BranchCommand) -> anyhow::Result<()
     Ok(())
 }
 
-fn print(value: &Value) {
+pub(crate) fn print(value: &Value) {
     if !value.is_null() {
         println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
     }

@@ -6,6 +6,7 @@
 //! - `wharf repo …` and `wharf branch …` are a small client of the HTTP API.
 
 mod bootstrap;
+mod ci_client;
 mod client;
 mod cluster;
 mod dev;
@@ -70,6 +71,27 @@ enum Command {
         #[command(subcommand)]
         command: client::BranchCommand,
     },
+    /// Run, follow and cancel pipelines.
+    Pipeline {
+        #[command(flatten)]
+        server: client::Server,
+        #[command(subcommand)]
+        command: ci_client::PipelineCommand,
+    },
+    /// Read a job's log and artifacts, retry it.
+    Job {
+        #[command(flatten)]
+        server: client::Server,
+        #[command(subcommand)]
+        command: ci_client::JobCommand,
+    },
+    /// Manage a repository's CI variables.
+    Variable {
+        #[command(flatten)]
+        server: client::Server,
+        #[command(subcommand)]
+        command: ci_client::VariableCommand,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -101,6 +123,9 @@ fn main() -> std::process::ExitCode {
             Command::Repo { server, command } => client::repo(server, command).await,
             Command::Branch { server, command } => client::branch(server, command).await,
             Command::Cluster { server, command } => client::cluster(server, command).await,
+            Command::Pipeline { server, command } => ci_client::pipeline(server, command).await,
+            Command::Job { server, command } => ci_client::job(server, command).await,
+            Command::Variable { server, command } => ci_client::variable(server, command).await,
         }
     });
     match result {
