@@ -10,11 +10,13 @@
 //! This crate is pure: it reads no files, runs nothing and knows nothing of Raft or actors.
 //! The node that runs jobs and the metadata that records them build on it.
 
+mod deploy;
 mod duration;
 mod reports;
 mod schedule;
 mod spec;
 
+pub use deploy::{DeploySpec, EnvironmentSpec, HealthCheck, Strategy};
 pub use duration::parse_duration;
 pub use reports::{parse_cobertura, parse_junit, SecretMasker};
 pub use schedule::{pipeline_status, schedule, JobStatus, PipelineStatus, Step};

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::deploy::{DeploySpec, RawDeploy};
+
 use crate::duration::parse_duration;
 
 /// Longest a job may be given to run.
@@ -33,6 +35,8 @@ pub struct Pipeline {
     pub variables: BTreeMap<String, String>,
     /// Jobs by name.
     pub jobs: BTreeMap<String, Job>,
+    /// How the artifacts of a job are deployed, when the file says.
+    pub deploy: Option<DeploySpec>,
 }
 
 /// A checked job.
@@ -119,6 +123,7 @@ struct RawPipeline {
     #[serde(default)]
     variables: BTreeMap<String, Scalar>,
     jobs: BTreeMap<String, RawJob>,
+    deploy: Option<RawDeploy>,
 }
 
 #[derive(Deserialize)]
@@ -210,7 +215,18 @@ impl Pipeline {
             let job = check_job(&name, job, &stages).map_err(|m| at(line, format!("job {name:?}: {m}")))?;
             jobs.insert(name, job);
         }
-        let pipeline = Pipeline { stages, variables, jobs };
+        let artifact_jobs: Vec<&str> = jobs.values().filter(|j| j.artifacts.is_some()).map(|j| j.name.as_str()).collect();
+        let deploy = raw
+            .deploy
+            .map(|deploy| deploy.check(&artifact_jobs))
+            .transpose()
+            .map_err(|m| at(line_of_key(text, "deploy", false), m))?;
+        let pipeline = Pipeline {
+            stages,
+            variables,
+            jobs,
+            deploy,
+        };
         pipeline.check_needs(text)?;
         Ok(pipeline)
     }

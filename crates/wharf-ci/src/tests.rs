@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::{extract_coverage, parse_duration, pipeline_status, schedule, JobStatus, Pipeline, PipelineStatus, Step};
+use crate::{extract_coverage, parse_duration, pipeline_status, schedule, JobStatus, Pipeline, PipelineStatus, Step, Strategy};
 
 /// The example of the issue, as a user would write it.
 const EXAMPLE: &str = r#"stages: [build, test]
@@ -142,4 +142,38 @@ fn durations_and_coverage_are_read_as_written() {
     let log = "Coverage: 12.5%\nmore tests\nCoverage: 87.25%\n";
     assert_eq!(extract_coverage(&pattern, log), Some(87.25), "the last report wins");
     assert_eq!(extract_coverage(&pattern, "no figure"), None);
+}
+
+const DEPLOYED: &str = "stages: [build]\njobs:\n  build:\n    stage: build\n    script: [x]\n    artifacts: { paths: [out/] }\n";
+
+#[test]
+fn the_deploy_section_is_checked_and_defaults_apply() {
+    let text = format!(
+        "{DEPLOYED}deploy:\n  from: build\n  command: python3 out/app.py\n  health: {{ path: /healthz, interval: 500ms, healthy_threshold: 1 }}\n  \
+         environments:\n    staging:\n      branch: main\n      instances: 2\n      strategy: {{ type: rolling, max_surge: 1, max_unavailable: 0, min_ready: 1s }}\n    \
+         production:\n      instances: 4\n      strategy: {{ type: canary, steps: [25, 50, 100], pause: 30s, max_error_rate: 0.01 }}\n"
+    );
+    let deploy = Pipeline::parse(&text).unwrap().deploy.unwrap();
+    assert_eq!(deploy.health.path, "/healthz");
+    assert_eq!(deploy.health.interval_ms, 500);
+    assert_eq!(deploy.health.unhealthy_threshold, 3, "a default");
+    let staging = deploy.environment("staging");
+    assert_eq!(staging.branch.as_deref(), Some("main"));
+    assert_eq!(staging.strategy, Strategy::Rolling { max_surge: 1, max_unavailable: 0, min_ready_ms: 1000 });
+    assert!(matches!(deploy.environment("production").strategy, Strategy::Canary { ref steps, pause_ms: 30_000, .. } if steps == &[25, 50, 100]));
+    let unnamed = deploy.environment("testing");
+    assert_eq!((unnamed.instances, unnamed.strategy), (1, Strategy::default()), "an environment the file does not name rolls");
+
+    let refuse = |deploy: &str, expected: &str| {
+        let error = Pipeline::parse(&format!("{DEPLOYED}deploy:\n{deploy}")).unwrap_err();
+        assert!(error.message.contains(expected), "{deploy}: {error}");
+        assert_eq!(error.line, Some(7), "the deploy line");
+    };
+    refuse("  from: nothing\n  command: x\n", "must name a job of this file that keeps artifacts");
+    refuse("  from: build\n  command: x\n  environments:\n    p:\n      instances: 0\n", "instances must be 1 to 64");
+    refuse("  from: build\n  command: x\n  environments:\n    p:\n      strategy: { type: canary, steps: [50, 10] }\n", "must rise");
+    refuse("  from: build\n  command: x\n  environments:\n    p:\n      strategy: { type: rolling, max_surge: 0, max_unavailable: 0 }\n", "cannot both be 0");
+    refuse("  from: build\n  command: x\n  health: { path: healthz }\n", "must start with /");
+    let unknown = Pipeline::parse(&format!("{DEPLOYED}deploy:\n  from: build\n  command: x\n  environments:\n    p:\n      strategy: {{ type: yolo }}\n")).unwrap_err();
+    assert!(unknown.message.contains("yolo"), "{unknown}");
 }

@@ -1,0 +1,305 @@
+//! The `deploy:` section of `.wharf.yml`: what a deployment runs (a command in the artifact
+//! directory of one job), how an instance's health is checked, and per environment how many
+//! instances run and with which strategy a new release replaces the old.
+//!
+//! ```yaml
+//! deploy:
+//!   from: build
+//!   command: python3 out/app.py
+//!   health: { path: /healthz, interval: 1s, timeout: 1s, healthy_threshold: 2, unhealthy_threshold: 3 }
+//!   environments:
+//!     staging:
+//!       branch: main
+//!       instances: 2
+//!       strategy: { type: rolling, max_surge: 1, max_unavailable: 0, min_ready: 1s }
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::parse_duration;
+
+/// The checked `deploy:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploySpec {
+    /// The job whose artifacts are deployed.
+    pub from: String,
+    /// The shell command that starts one instance, run in the artifact directory with `$PORT`.
+    pub command: String,
+    /// How an instance's health is checked.
+    pub health: HealthCheck,
+    /// Settings per environment name; an environment not named here gets
+    /// [`EnvironmentSpec::default`].
+    pub environments: BTreeMap<String, EnvironmentSpec>,
+}
+
+impl DeploySpec {
+    /// The settings of environment `name`.
+    pub fn environment(&self, name: &str) -> EnvironmentSpec {
+        self.environments.get(name).cloned().unwrap_or_default()
+    }
+}
+
+/// An HTTP health check, as load balancers define one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// The path asked with GET; any 2xx or 3xx answer is healthy.
+    pub path: String,
+    /// Time between checks.
+    pub interval_ms: u64,
+    /// How long one check may take.
+    pub timeout_ms: u64,
+    /// Consecutive successes that make an instance healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make it unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            path: "/".into(),
+            interval_ms: 1000,
+            timeout_ms: 1000,
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        }
+    }
+}
+
+/// How one environment runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvironmentSpec {
+    /// The branch whose passing pipelines deploy here automatically.
+    pub branch: Option<String>,
+    /// Instances that run.
+    pub instances: u32,
+    /// How a release replaces the one before.
+    pub strategy: Strategy,
+    /// How long a release may take to become healthy before it counts as failed.
+    pub progress_deadline_ms: u64,
+    /// Whether a failed release is rolled back to the last good one by itself.
+    pub auto_revert: bool,
+}
+
+impl Default for EnvironmentSpec {
+    fn default() -> Self {
+        EnvironmentSpec {
+            branch: None,
+            instances: 1,
+            strategy: Strategy::default(),
+            progress_deadline_ms: 300_000,
+            auto_revert: true,
+        }
+    }
+}
+
+/// How a new release replaces the running one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Strategy {
+    /// Replace instances a few at a time, as Kubernetes' rolling update.
+    Rolling {
+        /// Instances above the desired count while it rolls.
+        max_surge: u32,
+        /// Instances below the desired count that may be unavailable while it rolls.
+        max_unavailable: u32,
+        /// How long a new instance stays healthy before it counts as available.
+        min_ready_ms: u64,
+    },
+    /// Start the whole new set beside the old, switch traffic at once, keep the old set a while.
+    BlueGreen {
+        /// Switch as soon as the new set is healthy; otherwise wait for a promote call.
+        auto_promote: bool,
+        /// How long the old set stays after the switch, for an instant rollback.
+        scale_down_delay_ms: u64,
+    },
+    /// Shift traffic in weighted steps, checking the new set at each.
+    Canary {
+        /// Percentages of traffic on the new set, ending at 100.
+        steps: Vec<u32>,
+        /// The pause at each step before its check.
+        pause_ms: u64,
+        /// The highest error rate (0..1) of the new set that passes a check.
+        max_error_rate: f64,
+    },
+}
+
+impl Default for Strategy {
+    fn default() -> Self {
+        Strategy::Rolling {
+            max_surge: 1,
+            max_unavailable: 0,
+            min_ready_ms: 0,
+        }
+    }
+}
+
+// ---- the section as written ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDeploy {
+    from: String,
+    command: String,
+    health: Option<RawHealth>,
+    #[serde(default)]
+    environments: BTreeMap<String, RawEnvironment>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    path: Option<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    healthy_threshold: Option<u32>,
+    unhealthy_threshold: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvironment {
+    branch: Option<String>,
+    instances: Option<u32>,
+    strategy: Option<RawStrategy>,
+    progress_deadline: Option<String>,
+    auto_revert: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum RawStrategy {
+    Rolling {
+        max_surge: Option<u32>,
+        max_unavailable: Option<u32>,
+        min_ready: Option<String>,
+    },
+    BlueGreen {
+        auto_promote: Option<bool>,
+        scale_down_delay: Option<String>,
+    },
+    Canary {
+        steps: Vec<u32>,
+        pause: Option<String>,
+        max_error_rate: Option<f64>,
+    },
+}
+
+/// The most instances one environment runs.
+const MAX_INSTANCES: u32 = 64;
+
+fn millis(text: Option<String>, default: Duration) -> Result<u64, String> {
+    let duration = match text {
+        Some(text) => parse_duration(&text)?,
+        None => default,
+    };
+    Ok(duration.as_millis() as u64)
+}
+
+impl RawDeploy {
+    /// Checks the section; `artifact_jobs` are the file's jobs that keep artifacts.
+    pub(crate) fn check(self, artifact_jobs: &[&str]) -> Result<DeploySpec, String> {
+        if !artifact_jobs.contains(&self.from.as_str()) {
+            return Err(format!("deploy.from {:?} must name a job of this file that keeps artifacts", self.from));
+        }
+        if self.command.trim().is_empty() {
+            return Err("deploy.command is empty".into());
+        }
+        let defaults = HealthCheck::default();
+        let health = match self.health {
+            None => defaults,
+            Some(raw) => HealthCheck {
+                path: raw.path.unwrap_or(defaults.path),
+                interval_ms: millis(raw.interval, Duration::from_millis(defaults.interval_ms))?,
+                timeout_ms: millis(raw.timeout, Duration::from_millis(defaults.timeout_ms))?,
+                healthy_threshold: raw.healthy_threshold.unwrap_or(defaults.healthy_threshold).max(1),
+                unhealthy_threshold: raw.unhealthy_threshold.unwrap_or(defaults.unhealthy_threshold).max(1),
+            },
+        };
+        if !health.path.starts_with('/') {
+            return Err(format!("deploy.health.path {:?} must start with /", health.path));
+        }
+        let mut environments = BTreeMap::new();
+        for (name, raw) in self.environments {
+            let spec = raw.check().map_err(|m| format!("deploy.environments.{name}: {m}"))?;
+            environments.insert(name, spec);
+        }
+        Ok(DeploySpec {
+            from: self.from,
+            command: self.command,
+            health,
+            environments,
+        })
+    }
+}
+
+impl RawEnvironment {
+    fn check(self) -> Result<EnvironmentSpec, String> {
+        let defaults = EnvironmentSpec::default();
+        let instances = self.instances.unwrap_or(defaults.instances);
+        if instances == 0 || instances > MAX_INSTANCES {
+            return Err(format!("instances must be 1 to {MAX_INSTANCES}, not {instances}"));
+        }
+        let strategy = match self.strategy {
+            None => defaults.strategy,
+            Some(raw) => raw.check()?,
+        };
+        Ok(EnvironmentSpec {
+            branch: self.branch,
+            instances,
+            strategy,
+            progress_deadline_ms: millis(self.progress_deadline, Duration::from_millis(defaults.progress_deadline_ms))?,
+            auto_revert: self.auto_revert.unwrap_or(defaults.auto_revert),
+        })
+    }
+}
+
+impl RawStrategy {
+    fn check(self) -> Result<Strategy, String> {
+        Ok(match self {
+            RawStrategy::Rolling {
+                max_surge,
+                max_unavailable,
+                min_ready,
+            } => {
+                let (max_surge, max_unavailable) = (max_surge.unwrap_or(1), max_unavailable.unwrap_or(0));
+                if max_surge == 0 && max_unavailable == 0 {
+                    return Err("max_surge and max_unavailable cannot both be 0: nothing could ever be replaced".into());
+                }
+                Strategy::Rolling {
+                    max_surge,
+                    max_unavailable,
+                    min_ready_ms: millis(min_ready, Duration::ZERO)?,
+                }
+            }
+            RawStrategy::BlueGreen {
+                auto_promote,
+                scale_down_delay,
+            } => Strategy::BlueGreen {
+                auto_promote: auto_promote.unwrap_or(true),
+                scale_down_delay_ms: millis(scale_down_delay, Duration::from_secs(30))?,
+            },
+            RawStrategy::Canary {
+                steps,
+                pause,
+                max_error_rate,
+            } => {
+                let increasing = steps.windows(2).all(|w| w[0] < w[1]);
+                if steps.is_empty() || !increasing || steps.last() != Some(&100) || steps[0] == 0 {
+                    return Err(format!("canary steps must rise from above 0 to 100, as [10, 50, 100]; not {steps:?}"));
+                }
+                let max_error_rate = max_error_rate.unwrap_or(0.01);
+                if !(0.0..=1.0).contains(&max_error_rate) {
+                    return Err(format!("max_error_rate is a fraction from 0 to 1, not {max_error_rate}"));
+                }
+                Strategy::Canary {
+                    steps,
+                    pause_ms: millis(pause, Duration::from_secs(30))?,
+                    max_error_rate,
+                }
+            }
+        })
+    }
+}
