@@ -60,6 +60,7 @@ pub(crate) fn routes(state: Shared) -> Router<Shared> {
         .route("/api/v1/repo/details", get(seed_details))
         .route("/api/v1/repo/branch", post(seed_create_branch))
         .merge(crate::ci::routes())
+        .merge(crate::deploy::routes())
         .layer(DefaultBodyLimit::max(state.config.max_api_body_bytes))
 }
 

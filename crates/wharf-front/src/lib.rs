@@ -12,8 +12,9 @@
 #![warn(missing_docs)]
 
 mod api;
-mod ci;
 mod auth;
+mod ci;
+mod deploy;
 pub mod error;
 mod extract;
 mod metrics;
@@ -69,6 +70,8 @@ pub(crate) struct FrontState {
     pub directory: Arc<dyn Directory>,
     pub nodes: NodeClient,
     pub metrics: metrics::Metrics,
+    /// The application router's client and turn counter.
+    pub apps: deploy::Apps,
 }
 
 /// The front's HTTP application: API, smart HTTP, health and metrics.
@@ -80,6 +83,7 @@ pub fn app(config: FrontConfig, directory: Arc<dyn Directory>) -> Router {
         config,
         directory,
         metrics: metrics::Metrics::default(),
+        apps: deploy::Apps::default(),
     });
     api::routes(state.clone())
         .fallback(smart_http::handle)

@@ -16,6 +16,8 @@ use wharf_proto::{
 };
 
 use crate::ci::{CiCommand, CiState};
+use crate::deploy::{DeployCommand, DeployOutcome, DeployState};
+use wharf_proto::deploy::{DeploymentRecord, EnvironmentRecord, InstanceRecord};
 
 /// A change to the metadata, proposed through Raft.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +67,8 @@ pub enum Command {
     },
     /// Change pipelines, jobs or CI variables.
     Ci(CiCommand),
+    /// Change environments, deployments or instances.
+    Deploy(DeployCommand),
     /// Forget a storage node that holds nothing (it left the cluster).
     RemoveNode {
         /// The node.
@@ -94,6 +98,7 @@ impl Command {
             self,
             Command::AddNode { .. } | Command::RecordPush { .. } | Command::SetNodeState { .. } | Command::AddToken { .. }
         ) || matches!(self, Command::Ci(command) if command.is_idempotent())
+            || matches!(self, Command::Deploy(command) if command.is_idempotent())
     }
 }
 
@@ -119,6 +124,8 @@ pub enum CommandOutcome {
     Done,
     /// The pipeline created or changed.
     Pipeline(PipelineRecord),
+    /// The id of what was created.
+    Created(u64),
 }
 
 /// The answer of the state machine to one command.
@@ -156,6 +163,9 @@ pub struct State {
     /// Pipelines, jobs and CI variables.
     #[serde(default)]
     pub ci: CiState,
+    /// Environments, deployments and instances.
+    #[serde(default)]
+    pub deploy: DeployState,
 }
 
 /// How many push ids the state remembers. A retry comes seconds after the first proposal, so
@@ -252,6 +262,10 @@ impl State {
                 Some(pipeline) => Ok(CommandOutcome::Pipeline(pipeline)),
                 None => Ok(CommandOutcome::Done),
             },
+            Command::Deploy(command) => match self.deploy.apply(command)? {
+                DeployOutcome::Created(id) => Ok(CommandOutcome::Created(id)),
+                DeployOutcome::Done => Ok(CommandOutcome::Done),
+            },
             Command::RemoveNode { node } => {
                 if self.repos.values().any(|r| r.node == node) {
                     return Err(ApiError::invalid(format!("node {node} still owns repositories: drain it first")));
@@ -325,6 +339,26 @@ impl Directory for SharedState {
 
     fn repo_by_id(&self, id: RepoId) -> Option<RepoRecord> {
         self.read().repos.values().find(|r| r.id == id).cloned()
+    }
+
+    fn environments(&self, repo: Option<RepoId>) -> Vec<EnvironmentRecord> {
+        self.read().deploy.environments(repo)
+    }
+
+    fn environment(&self, id: u64) -> Option<EnvironmentRecord> {
+        self.read().deploy.environment(id)
+    }
+
+    fn deployments(&self, env: Option<u64>) -> Vec<DeploymentRecord> {
+        self.read().deploy.deployments(env)
+    }
+
+    fn deployment(&self, id: u64) -> Option<DeploymentRecord> {
+        self.read().deploy.deployment(id)
+    }
+
+    fn instances(&self, env: Option<u64>) -> Vec<InstanceRecord> {
+        self.read().deploy.instances(env)
     }
 
     fn repo(&self, name: &RepoName) -> Option<RepoRecord> {

@@ -11,6 +11,7 @@
 
 mod ci;
 mod command;
+mod deploy;
 mod log_store;
 mod network;
 mod state_machine;
@@ -26,6 +27,7 @@ use serde::Serialize;
 use wharf_proto::{Directory, NodeId};
 
 pub use ci::{CiCommand, JobResult, MAX_LOST_RUNNERS};
+pub use deploy::{DeployCommand, DeployOutcome};
 pub use command::{hash_token, Command, CommandOutcome, CommandResult, RefUpdate, State};
 pub use network::{RaftTransport, TransportError, TransportFuture};
 
@@ -497,6 +499,26 @@ impl Directory for MetaDirectory {
 
     fn repo_by_id(&self, id: wharf_proto::RepoId) -> Option<wharf_proto::RepoRecord> {
         self.state.repo_by_id(id)
+    }
+
+    fn environments(&self, repo: Option<wharf_proto::RepoId>) -> Vec<wharf_proto::deploy::EnvironmentRecord> {
+        self.state.environments(repo)
+    }
+
+    fn environment(&self, id: u64) -> Option<wharf_proto::deploy::EnvironmentRecord> {
+        self.state.environment(id)
+    }
+
+    fn deployments(&self, env: Option<u64>) -> Vec<wharf_proto::deploy::DeploymentRecord> {
+        self.state.deployments(env)
+    }
+
+    fn deployment(&self, id: u64) -> Option<wharf_proto::deploy::DeploymentRecord> {
+        self.state.deployment(id)
+    }
+
+    fn instances(&self, env: Option<u64>) -> Vec<wharf_proto::deploy::InstanceRecord> {
+        self.state.instances(env)
     }
 
     fn raft_roles(&self) -> Vec<(NodeId, wharf_proto::RaftRole)> {

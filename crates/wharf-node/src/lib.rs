@@ -16,6 +16,7 @@
 
 mod activity;
 mod ci;
+mod deploy;
 mod mover;
 pub mod repo_actor;
 pub mod router;
@@ -87,6 +88,10 @@ pub(crate) struct NodeContext {
     pub stopping: std::sync::atomic::AtomicBool,
     /// Runner slots for CI jobs.
     pub runner: ci::Runner,
+    /// The instance processes this node runs.
+    pub driver: deploy::Driver,
+    /// The deployments this node drives.
+    pub controllers: deploy::Controllers,
 }
 
 impl NodeContext {
@@ -135,6 +140,8 @@ impl StorageNode {
             },
             stopping: std::sync::atomic::AtomicBool::new(false),
             runner: ci::Runner::new(config.runner_slots),
+            driver: deploy::Driver::default(),
+            controllers: deploy::Controllers::default(),
             config,
             meta,
         });
@@ -148,6 +155,8 @@ impl StorageNode {
         ractor::pg::join(group, vec![router.get_cell()]);
         mover::spawn_rebalancer(Arc::downgrade(&context));
         ci::spawn_runner(Arc::downgrade(&context));
+        deploy::spawn_driver(Arc::downgrade(&context));
+        deploy::spawn_controllers(Arc::downgrade(&context));
         Ok(StorageNode { router, context })
     }
 
@@ -169,6 +178,7 @@ impl StorageNode {
         self.context.registry.stop_all().await;
         self.context.sessions.abort_all();
         self.context.runner.stop_all();
+        self.context.driver.stop_all();
         self.router.stop(None);
     }
 }

@@ -151,6 +151,10 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
                 answer(reply, result)
             });
         }
+        NodeRequest::Deploy(action) => {
+            let node = node.clone();
+            tokio::spawn(async move { answer(reply, crate::deploy::act(&node, action).await) });
+        }
         NodeRequest::Ci(action) => {
             let node = node.clone();
             tokio::spawn(async move { answer(reply, crate::ci::act(&node, action).await) });

@@ -1,5 +1,6 @@
 //! Metadata reads that routing and authentication need without a round trip.
 
+use crate::deploy::{DeploymentRecord, EnvironmentRecord, InstanceRecord};
 use crate::{
     JobRecord, NodeId, NodeRecord, PipelineRecord, Principal, PushEvent, RaftRole, RepoId, RepoName, RepoRecord, Variable,
 };
@@ -34,6 +35,16 @@ pub trait Directory: Send + Sync + 'static {
     fn variables(&self, repo: RepoId) -> Vec<Variable>;
     /// The record of a repository, by id.
     fn repo_by_id(&self, id: RepoId) -> Option<RepoRecord>;
+    /// The environments of `repo`, or of every repository.
+    fn environments(&self, repo: Option<RepoId>) -> Vec<EnvironmentRecord>;
+    /// One environment.
+    fn environment(&self, id: u64) -> Option<EnvironmentRecord>;
+    /// The deployments of `env` (of every environment when `None`), oldest first.
+    fn deployments(&self, env: Option<u64>) -> Vec<DeploymentRecord>;
+    /// One deployment.
+    fn deployment(&self, id: u64) -> Option<DeploymentRecord>;
+    /// The instances of `env` (of every environment when `None`).
+    fn instances(&self, env: Option<u64>) -> Vec<InstanceRecord>;
     /// Every member of the Raft group and its role, as this process last saw it.
     fn raft_roles(&self) -> Vec<(NodeId, RaftRole)> {
         Vec::new()

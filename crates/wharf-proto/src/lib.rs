@@ -14,6 +14,7 @@
 
 mod client;
 pub mod codec;
+pub mod deploy;
 mod directory;
 mod error;
 mod ids;
@@ -26,7 +27,7 @@ pub use directory::Directory;
 pub use error::ApiError;
 pub use ids::{NodeId, RepoId, RepoName, SessionId};
 pub use message::{
-    node_group, CiAction, CommitFilesRequest, FileAction, FileActionKind, GitService, ImportRepo, MergeRequest,
+    node_group, CiAction, CommitFilesRequest, DeployAction, FileAction, FileActionKind, GitService, ImportRepo, MergeRequest,
     MergeStrategy, NodeMessage, NodeReply, NodeRequest, NodeStats, OpenSession, RepoRequest, SessionChunk,
 };
 pub use records::{

@@ -9,6 +9,7 @@ use ractor::RpcReplyPort;
 use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
 
+use crate::deploy::{DeploymentKind, EnvConfig};
 use crate::views::*;
 use crate::{NodeId, PipelineRecord, RepoId, RepoName, RepoRecord, SessionId, Variable};
 
@@ -27,7 +28,7 @@ pub fn node_group(id: NodeId) -> String {
 }
 
 /// A request to a storage node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum NodeRequest {
     /// Create a repository owned by the receiving node: record it in the metadata store,
     /// then initialise it on disk. Replies [`NodeReply::Created`].
@@ -133,6 +134,51 @@ pub enum NodeRequest {
     /// Change pipelines, jobs or CI variables on a user's behalf; any storage node proposes it
     /// to Raft. Replies [`NodeReply::Done`], or [`NodeReply::Pipeline`] for a change to one.
     Ci(CiAction),
+    /// Change environments or ask for a deployment on a user's behalf; any storage node
+    /// proposes it to Raft. Replies [`NodeReply::Id`] for what was created, else
+    /// [`NodeReply::Done`].
+    Deploy(DeployAction),
+}
+
+/// A user's change to environments and deployments (see [`NodeRequest::Deploy`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DeployAction {
+    /// Create an environment.
+    CreateEnvironment {
+        /// The repository.
+        repo: RepoId,
+        /// Its name.
+        name: String,
+        /// Its instance size.
+        config: EnvConfig,
+        /// Whether it deploys only on an explicit call.
+        protected: bool,
+    },
+    /// Change an environment.
+    UpdateEnvironment {
+        /// The environment.
+        env: u64,
+        /// A new size.
+        config: Option<EnvConfig>,
+        /// A new protection.
+        protected: Option<bool>,
+    },
+    /// Delete an environment and stop its instances.
+    DeleteEnvironment {
+        /// The environment.
+        env: u64,
+    },
+    /// Deploy a commit, or return to an earlier revision.
+    CreateDeployment {
+        /// The environment.
+        env: u64,
+        /// Why.
+        kind: DeploymentKind,
+        /// The branch asked for.
+        branch: Option<String>,
+        /// The commit.
+        sha: String,
+    },
 }
 
 /// A user's change to CI state (see [`NodeRequest::Ci`]).
@@ -436,6 +482,8 @@ pub enum NodeReply {
     PipelineStarted(u64),
     /// A pipeline as it is after a change.
     Pipeline(PipelineRecord),
+    /// The id of what was created.
+    Id(u64),
 }
 
 /// A node's live figures.

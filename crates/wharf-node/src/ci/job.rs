@@ -65,8 +65,11 @@ async fn report(node: &NodeContext, job: &JobRecord, result: JobResult) {
             now_ms: crate::now_ms(),
         };
         match super::write(node, command, "finish job").await {
-            Ok(_) => {
+            Ok(outcome) => {
                 tracing::info!(job = job.id, attempt = job.attempt, ?status, "job finished");
+                if let wharf_meta::CommandOutcome::Pipeline(pipeline) = outcome {
+                    crate::deploy::on_pipeline_passed(node, &pipeline).await;
+                }
                 return;
             }
             // The lease was lost meanwhile: the job is someone else's now.

@@ -1,0 +1,483 @@
+//! Environments and deployments over HTTP (the seed's API and the rest), and the application
+//! router: `/apps/{owner}/{name}/{env}/...` goes to a healthy instance of the environment, by
+//! the weights in the records; `/preview/{owner}/{name}/{env}/...` to the newest revision's
+//! healthy instances whatever their weight (a blue-green set before promotion).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use wharf_proto::deploy::{DeploymentKind, DeploymentRecord, EnvConfig, EnvironmentRecord, InstanceHealth, InstanceRecord};
+use wharf_proto::{ApiError, DeployAction, NodeReply, NodeRequest, RepoName, RepoRecord, RepoRequest};
+
+use crate::api::{created, json_ok, reader, repo_call, unexpected, writer};
+use crate::error::HttpError;
+use crate::extract::{BodyOrQuery, JsonBody, JsonPath};
+use crate::FrontState;
+
+type Shared = Arc<FrontState>;
+type ApiResult = Result<Response, HttpError>;
+
+/// The most bytes of a request body the application router passes on.
+const MAX_APP_BODY: usize = 32 << 20;
+
+/// The routes of this module.
+pub(crate) fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/api/v1/environments", get(list_environments).post(create_environment).delete(delete_environment))
+        .route("/api/v1/environments/{id}", get(show_environment).patch(update_environment))
+        .route("/api/v1/environments/{id}/deployments", get(history))
+        .route("/api/v1/environments/{id}/rollback", post(rollback))
+        .route("/api/v1/deployments", post(create_deployment))
+        .route("/api/v1/deployments/status", get(deployment_status))
+        .route("/api/v1/deployments/{id}", get(show_deployment))
+        .route("/apps/{owner}/{name}/{env}", any(app))
+        .route("/apps/{owner}/{name}/{env}/", any(app))
+        .route("/apps/{owner}/{name}/{env}/{*rest}", any(app))
+        .route("/preview/{owner}/{name}/{env}", any(preview))
+        .route("/preview/{owner}/{name}/{env}/", any(preview))
+        .route("/preview/{owner}/{name}/{env}/{*rest}", any(preview))
+}
+
+/// The application router's shared parts: an HTTP client and a counter that spreads requests
+/// over instances by weight.
+pub(crate) struct Apps {
+    client: reqwest::Client,
+    turn: AtomicU64,
+}
+
+impl Default for Apps {
+    fn default() -> Self {
+        Apps {
+            client: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("an HTTP client without TLS always builds"),
+            turn: AtomicU64::new(0),
+        }
+    }
+}
+
+async fn act(state: &FrontState, action: DeployAction) -> Result<NodeReply, ApiError> {
+    let request = NodeRequest::Deploy(action);
+    let mut last_error = None;
+    for node in state.directory.nodes() {
+        match state.nodes.call(node.id, &request).await {
+            Err(error @ ApiError::Unavailable { .. }) => last_error = Some(error),
+            result => return result,
+        }
+    }
+    Err(last_error.unwrap_or_else(|| ApiError::internal("cluster", "no storage node")))
+}
+
+async fn act_for_id(state: &FrontState, action: DeployAction) -> Result<u64, ApiError> {
+    match act(state, action).await? {
+        NodeReply::Id(id) => Ok(id),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Waits until this front's copy of the records has `what` (written through another node).
+async fn visible<T>(what: &str, mut look: impl FnMut() -> Option<T>) -> Result<T, ApiError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(found) = look() {
+            return Ok(found);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(ApiError::internal("records", format!("{what} was written but is not visible here yet")));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn environment_of(state: &FrontState, id: u64) -> Result<EnvironmentRecord, ApiError> {
+    state.directory.environment(id).ok_or_else(|| ApiError::NotFound {
+        what: format!("environment {id}"),
+    })
+}
+
+/// A repository named by the seed's `project_id`: its id, or `owner/name`.
+fn project(state: &FrontState, project_id: &Value) -> Result<RepoRecord, ApiError> {
+    let found = match project_id {
+        Value::Number(id) => id.as_u64().and_then(|id| state.directory.repo_by_id(wharf_proto::RepoId(id))),
+        Value::String(text) => match text.parse::<u64>() {
+            Ok(id) => state.directory.repo_by_id(wharf_proto::RepoId(id)),
+            Err(_) => state.directory.repo(&RepoName::parse(text)?),
+        },
+        _ => return Err(ApiError::invalid("project_id is a repository id or owner/name")),
+    };
+    found.ok_or_else(|| ApiError::RepoNotFound {
+        repo: project_id.to_string(),
+    })
+}
+
+fn environment_json(state: &FrontState, env: &EnvironmentRecord) -> Value {
+    let instances: Vec<InstanceRecord> = state.directory.instances(Some(env.id));
+    let repo = state.directory.repo_by_id(env.repo).map(|r| r.name.to_string());
+    let mut body = json!(env);
+    body["env_id"] = json!(env.id);
+    body["project"] = json!(repo);
+    body["instances"] = json!(instances);
+    body
+}
+
+fn deployment_json(deployment: &DeploymentRecord) -> Value {
+    let mut body = json!(deployment);
+    body["deployment_id"] = json!(deployment.id);
+    body
+}
+
+/// Checks an environment's name: it is part of a URL and of a host name.
+fn check_env_name(name: &str) -> Result<(), ApiError> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidName {
+            name: name.chars().take(200).collect(),
+            reason: "an environment name has 1 to 63 lowercase letters, digits and '-', not first".into(),
+        })
+    }
+}
+
+fn check_config(config: &EnvConfig) -> Result<(), ApiError> {
+    let fields = [("cpu", config.cpu, 64.0), ("memory", config.memory, 512.0), ("storage", config.storage, 4096.0)];
+    for (name, value, max) in fields {
+        if !(0.0..=max).contains(&value) {
+            return Err(ApiError::invalid(format!("config.{name} must be between 0 and {max}, not {value}")));
+        }
+    }
+    Ok(())
+}
+
+// ---- environments ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateEnvironment {
+    project_id: Value,
+    env_name: String,
+    #[serde(default)]
+    config: EnvConfig,
+    #[serde(default)]
+    protected: bool,
+}
+
+async fn create_environment(State(state): State<Shared>, headers: HeaderMap, JsonBody(body): JsonBody<CreateEnvironment>) -> ApiResult {
+    writer(&state, &headers)?;
+    let repo = project(&state, &body.project_id)?;
+    check_env_name(&body.env_name)?;
+    check_config(&body.config)?;
+    let action = DeployAction::CreateEnvironment {
+        repo: repo.id,
+        name: body.env_name,
+        config: body.config,
+        protected: body.protected,
+    };
+    let id = act_for_id(&state, action).await?;
+    visible("the environment", || state.directory.environment(id)).await?;
+    created(json!({"message": "Environment created successfully", "env_id": id}))
+}
+
+#[derive(Deserialize)]
+struct EnvId {
+    env_id: u64,
+}
+
+async fn delete_environment(State(state): State<Shared>, headers: HeaderMap, BodyOrQuery(body): BodyOrQuery<EnvId>) -> ApiResult {
+    writer(&state, &headers)?;
+    environment_of(&state, body.env_id)?;
+    act(&state, DeployAction::DeleteEnvironment { env: body.env_id }).await?;
+    json_ok(json!({"message": "Environment deleted successfully", "env_id": body.env_id}))
+}
+
+#[derive(Deserialize, Default)]
+struct ListQuery {
+    project_id: Option<String>,
+}
+
+async fn list_environments(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    reader(&state, &headers)?;
+    let Query(query) = query.map_err(crate::api::bad_query)?;
+    let repo = query.project_id.map(|p| project(&state, &Value::String(p))).transpose()?;
+    let environments: Vec<Value> = state
+        .directory
+        .environments(repo.map(|r| r.id))
+        .iter()
+        .map(|e| environment_json(&state, e))
+        .collect();
+    json_ok(json!({ "environments": environments }))
+}
+
+async fn show_environment(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
+    reader(&state, &headers)?;
+    json_ok(environment_json(&state, &environment_of(&state, id)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateEnvironment {
+    config: Option<EnvConfig>,
+    protected: Option<bool>,
+}
+
+async fn update_environment(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    JsonPath(id): JsonPath<u64>,
+    JsonBody(body): JsonBody<UpdateEnvironment>,
+) -> ApiResult {
+    writer(&state, &headers)?;
+    environment_of(&state, id)?;
+    if let Some(config) = &body.config {
+        check_config(config)?;
+    }
+    act(&state, DeployAction::UpdateEnvironment { env: id, config: body.config, protected: body.protected }).await?;
+    json_ok(environment_json(&state, &environment_of(&state, id)?))
+}
+
+async fn history(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
+    reader(&state, &headers)?;
+    environment_of(&state, id)?;
+    let deployments: Vec<Value> = state.directory.deployments(Some(id)).iter().rev().map(deployment_json).collect();
+    json_ok(json!({ "deployments": deployments }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    revision: u64,
+}
+
+async fn rollback(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    JsonPath(id): JsonPath<u64>,
+    JsonBody(body): JsonBody<RollbackBody>,
+) -> ApiResult {
+    writer(&state, &headers)?;
+    environment_of(&state, id)?;
+    let action = DeployAction::CreateDeployment {
+        env: id,
+        kind: DeploymentKind::Rollback { to_revision: body.revision },
+        branch: None,
+        sha: String::new(),
+    };
+    let deployment = act_for_id(&state, action).await?;
+    created(json!({"message": format!("Rolling back to revision {}", body.revision), "deployment_id": deployment}))
+}
+
+// ---- deployments ----
+
+#[derive(Deserialize)]
+struct CreateDeployment {
+    repo_url: String,
+    branch_name: String,
+    env_id: u64,
+}
+
+/// Deploys a branch's tip to an environment: an explicit call, so protected environments too.
+async fn create_deployment(State(state): State<Shared>, headers: HeaderMap, JsonBody(body): JsonBody<CreateDeployment>) -> ApiResult {
+    writer(&state, &headers)?;
+    let name = RepoName::parse(&body.repo_url)?;
+    let env = environment_of(&state, body.env_id)?;
+    let repo = crate::api::record_of(&state, &name)?;
+    if env.repo != repo.id {
+        return Err(ApiError::invalid(format!("environment {} belongs to another repository", env.id)).into());
+    }
+    let sha = match repo_call(&state, &name, RepoRequest::ListBranches).await? {
+        NodeReply::Branches(branches) => branches
+            .into_iter()
+            .find(|b| b.name == body.branch_name)
+            .map(|b| b.commit)
+            .ok_or_else(|| ApiError::RevisionNotFound {
+                repo: name.to_string(),
+                rev: body.branch_name.clone(),
+            })?,
+        other => return Err(unexpected(other).into()),
+    };
+    let action = DeployAction::CreateDeployment {
+        env: env.id,
+        kind: DeploymentKind::Deploy,
+        branch: Some(body.branch_name),
+        sha,
+    };
+    let id = act_for_id(&state, action).await?;
+    created(json!({"message": "Deployment started", "deployment_id": id}))
+}
+
+#[derive(Deserialize)]
+struct DeploymentId {
+    deployment_id: u64,
+}
+
+async fn deployment_status(State(state): State<Shared>, headers: HeaderMap, BodyOrQuery(body): BodyOrQuery<DeploymentId>) -> ApiResult {
+    reader(&state, &headers)?;
+    let deployment = visible("the deployment", || state.directory.deployment(body.deployment_id))
+        .await
+        .map_err(|_| ApiError::NotFound {
+            what: format!("deployment {}", body.deployment_id),
+        })?;
+    json_ok(json!({
+        "deployment_id": deployment.id,
+        "status": deployment.status,
+        "details": deployment.details,
+        "revision": deployment.revision,
+    }))
+}
+
+async fn show_deployment(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
+    reader(&state, &headers)?;
+    let deployment = state.directory.deployment(id).ok_or_else(|| ApiError::NotFound {
+        what: format!("deployment {id}"),
+    })?;
+    json_ok(deployment_json(&deployment))
+}
+
+// ---- the application router ----
+
+#[derive(Deserialize)]
+struct AppPath {
+    owner: String,
+    name: String,
+    env: String,
+    #[serde(default)]
+    rest: String,
+}
+
+async fn app(State(state): State<Shared>, JsonPath(path): JsonPath<AppPath>, request: Request) -> ApiResult {
+    let env = app_environment(&state, &path)?;
+    let candidates: Vec<(InstanceRecord, u64)> = state
+        .directory
+        .instances(Some(env.id))
+        .into_iter()
+        .filter(|i| i.health == InstanceHealth::Healthy && i.weight > 0 && i.port.is_some())
+        .map(|i| {
+            let weight = i.weight as u64;
+            (i, weight)
+        })
+        .collect();
+    proxy(&state, &env, candidates, &path.rest, request).await
+}
+
+async fn preview(State(state): State<Shared>, JsonPath(path): JsonPath<AppPath>, request: Request) -> ApiResult {
+    let env = app_environment(&state, &path)?;
+    let instances: Vec<InstanceRecord> = state
+        .directory
+        .instances(Some(env.id))
+        .into_iter()
+        .filter(|i| i.health == InstanceHealth::Healthy && i.port.is_some())
+        .collect();
+    let newest = instances.iter().map(|i| i.revision).max();
+    let candidates = instances.into_iter().filter(|i| Some(i.revision) == newest).map(|i| (i, 1)).collect();
+    proxy(&state, &env, candidates, &path.rest, request).await
+}
+
+fn app_environment(state: &FrontState, path: &AppPath) -> Result<EnvironmentRecord, ApiError> {
+    let name = crate::api::repo_name(&path.owner, &path.name)?;
+    let repo = crate::api::record_of(state, &name)?;
+    state
+        .directory
+        .environments(Some(repo.id))
+        .into_iter()
+        .find(|e| e.name == path.env)
+        .ok_or_else(|| ApiError::NotFound {
+            what: format!("environment {} of {name}", path.env),
+        })
+}
+
+/// Passes the request to one of `candidates` (instance, weight), chosen in weighted turn; an
+/// instance that does not answer is skipped for the next, so a retiring or dead instance
+/// costs a request nothing.
+async fn proxy(state: &FrontState, env: &EnvironmentRecord, mut candidates: Vec<(InstanceRecord, u64)>, rest: &str, request: Request) -> ApiResult {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, MAX_APP_BODY).await.map_err(|_| ApiError::TooLarge {
+        what: "the request body".into(),
+        limit: MAX_APP_BODY as u64,
+    })?;
+    let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    while !candidates.is_empty() {
+        let total: u64 = candidates.iter().map(|(_, w)| w).sum();
+        let mut turn = state.apps.turn.fetch_add(1, Ordering::Relaxed) % total.max(1);
+        let index = candidates
+            .iter()
+            .position(|(_, weight)| {
+                if turn < *weight {
+                    return true;
+                }
+                turn -= weight;
+                false
+            })
+            .unwrap_or(0);
+        let (instance, _) = candidates.remove(index);
+        let url = format!("http://{}:{}/{rest}{query}", instance.host, instance.port.unwrap_or_default());
+        match forward(state, &parts, body.clone(), &url, &instance).await {
+            Ok(response) => return Ok(response),
+            Err(error) => tracing::debug!(instance = instance.id, %error, "instance did not answer; trying another"),
+        }
+    }
+    Err(ApiError::Unavailable {
+        what: format!("environment {}", env.name),
+        reason: "no healthy instance answers".into(),
+        retry_after_secs: 1,
+    }
+    .into())
+}
+
+/// Headers that belong to one hop, not to the request or response.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" | "te" | "trailer" | "host" | "content-length"
+    )
+}
+
+async fn forward(
+    state: &FrontState,
+    parts: &axum::http::request::Parts,
+    body: Bytes,
+    url: &str,
+    instance: &InstanceRecord,
+) -> Result<Response, reqwest::Error> {
+    let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
+    let mut request = state.apps.client.request(method, url).body(body);
+    for (name, value) in &parts.headers {
+        if !is_hop_by_hop(name) {
+            request = request.header(name.as_str(), value.as_bytes());
+        }
+    }
+    let answer = request.send().await?;
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers = HeaderMap::new();
+    for (name, value) in answer.headers() {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_str().as_bytes()),
+            axum::http::HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            if !is_hop_by_hop(&name) {
+                headers.append(name, value);
+            }
+        }
+    }
+    headers.insert("x-wharf-instance", instance.id.into());
+    headers.insert("x-wharf-revision", instance.revision.into());
+    let bytes = answer.bytes().await?;
+    Ok((status, headers, Body::from(bytes)).into_response())
+}

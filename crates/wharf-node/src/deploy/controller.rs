@@ -1,0 +1,391 @@
+//! Deployment controllers: any node takes the next deployment of an environment (one at a
+//! time, in order) with a lease, and drives it step by step ([`super::strategy`]) until it
+//! completes, fails, or rolls back.
+//!
+//! Everything a controller knows is in the records, so when its node dies another node takes
+//! the deployment over once the lease has run out and carries on. A release that cannot
+//! become healthy (an unhealthy new instance, or the progress deadline) is rolled back to the
+//! environment's last good revision with the same strategy, once: a failed rollback fails.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use wharf_meta::DeployCommand;
+use wharf_proto::deploy::{
+    DeploymentKind, DeploymentRecord, DeploymentStatus, InstanceHealth, InstanceRecord, Release,
+};
+use wharf_proto::{ApiError, NodeReply, NodeRequest, NodeState, RepoRequest};
+
+use super::strategy::{next_step, Situation, Step};
+use crate::NodeContext;
+
+/// How often a controller looks at its deployment.
+const TICK: Duration = Duration::from_millis(200);
+/// How long a controller holds a deployment without renewing.
+const LEASE: Duration = Duration::from_secs(10);
+
+/// The deployments this node controls now.
+#[derive(Default)]
+pub(crate) struct Controllers {
+    active: Mutex<HashSet<u64>>,
+}
+
+impl Controllers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.active.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Starts the loop that takes deployments; it ends when the node stops.
+pub(crate) fn spawn_controllers(node: Weak<NodeContext>) {
+    tokio::spawn(async move {
+        while let Some(node) = node.upgrade().filter(|n| !n.is_stopping()) {
+            take_deployments(&node).await;
+            drop(node);
+            tokio::time::sleep(TICK).await;
+        }
+    });
+}
+
+async fn take_deployments(node: &Arc<NodeContext>) {
+    let directory = node.meta.directory();
+    let me = node.config.id;
+    if !directory.nodes().iter().any(|n| n.id == me && n.state == NodeState::Active) {
+        return;
+    }
+    let now_ms = crate::now_ms();
+    let unfinished: Vec<DeploymentRecord> = directory.deployments(None).into_iter().filter(|d| !d.status.is_finished()).collect();
+    for deployment in &unfinished {
+        let first_in_line = unfinished.iter().filter(|d| d.env == deployment.env).map(|d| d.id).min() == Some(deployment.id);
+        let free = match deployment.status {
+            DeploymentStatus::Pending => first_in_line,
+            _ => deployment.lease_until_ms.is_none_or(|until| until < now_ms),
+        };
+        if !free || node.controllers.lock().contains(&deployment.id) {
+            continue;
+        }
+        let claim = DeployCommand::ClaimDeployment {
+            deployment: deployment.id,
+            node: me,
+            now_ms,
+            lease_ms: LEASE.as_millis() as u64,
+        };
+        if super::write(node, claim).await.is_err() {
+            continue;
+        }
+        node.controllers.lock().insert(deployment.id);
+        let (node, id) = (node.clone(), deployment.id);
+        tokio::spawn(async move {
+            if let Err(error) = drive(&node, id).await {
+                tracing::warn!(deployment = id, %error, "deployment controller stopped");
+            }
+            node.controllers.lock().remove(&id);
+        });
+    }
+}
+
+/// A controller's handle on its deployment.
+struct Control<'a> {
+    node: &'a Arc<NodeContext>,
+    id: u64,
+    /// When the current phase (the rollout, or the rollback) started, for its deadline.
+    phase_started_ms: u64,
+    last_details: String,
+}
+
+impl Control<'_> {
+    /// Reports progress; renews the lease in passing. A refusal means this node lost the
+    /// deployment.
+    async fn update(&mut self, change: Update) -> Result<(), ApiError> {
+        if change.details.as_ref() == Some(&self.last_details) && change.is_only_details() {
+            // Nothing new to say; the drive loop renews the lease on its own schedule.
+            return Ok(());
+        }
+        if let Some(details) = &change.details {
+            self.last_details = details.clone();
+        }
+        let command = DeployCommand::UpdateDeployment {
+            deployment: self.id,
+            node: self.node.config.id,
+            lease_until_ms: crate::now_ms() + LEASE.as_millis() as u64,
+            release: change.release,
+            status: change.status,
+            details: change.details,
+            reverting_to: change.reverting_to,
+            event: change.event,
+            now_ms: crate::now_ms(),
+        };
+        super::write(self.node, command).await.map(drop)
+    }
+
+    async fn renew(&mut self) -> Result<(), ApiError> {
+        self.update(Update::default()).await
+    }
+
+    fn record(&self) -> Option<DeploymentRecord> {
+        self.node.meta.directory().deployment(self.id)
+    }
+}
+
+/// One progress report.
+#[derive(Default)]
+struct Update {
+    release: Option<Release>,
+    status: Option<DeploymentStatus>,
+    details: Option<String>,
+    reverting_to: Option<u64>,
+    event: Option<String>,
+}
+
+impl Update {
+    fn is_only_details(&self) -> bool {
+        self.release.is_none() && self.status.is_none() && self.reverting_to.is_none() && self.event.is_none()
+    }
+
+    fn details(details: String) -> Update {
+        Update {
+            details: Some(details),
+            ..Update::default()
+        }
+    }
+}
+
+/// Drives deployment `id` until it has finished or this node has lost it.
+async fn drive(node: &Arc<NodeContext>, id: u64) -> Result<(), ApiError> {
+    let mut control = Control {
+        node,
+        id,
+        phase_started_ms: crate::now_ms(),
+        last_details: String::new(),
+    };
+    let mut last_renewal = crate::now_ms();
+    loop {
+        let Some(record) = control.record() else { return Ok(()) };
+        if record.status.is_finished() || record.controller != Some(node.config.id) {
+            return Ok(());
+        }
+        if record.release.is_none() {
+            match plan(node, &record).await {
+                Ok(release) => {
+                    control
+                        .update(Update {
+                            event: Some(format!("deploying {} ({} instances)", short(&release.sha), release.settings.instances)),
+                            release: Some(release),
+                            ..Update::default()
+                        })
+                        .await?;
+                }
+                Err(reason) => {
+                    control
+                        .update(Update {
+                            status: Some(DeploymentStatus::Failed),
+                            details: Some(reason.clone()),
+                            event: Some(reason),
+                            ..Update::default()
+                        })
+                        .await?;
+                    return Ok(());
+                }
+            }
+            continue;
+        }
+        step(&mut control, &record).await?;
+        if crate::now_ms() - last_renewal > LEASE.as_millis() as u64 / 3 {
+            control.renew().await?;
+            last_renewal = crate::now_ms();
+        }
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+/// Takes one step of the rollout (or of the rollback, once it rolls back).
+async fn step(control: &mut Control<'_>, record: &DeploymentRecord) -> Result<(), ApiError> {
+    let node = control.node;
+    let directory = node.meta.directory();
+    let target = record.reverting_to.unwrap_or(record.revision);
+    let Some(release) = release_of(&directory.deployments(Some(record.env)), target) else {
+        return fail(control, record, format!("revision {target} has no release to run")).await;
+    };
+    let instances: Vec<InstanceRecord> =
+        directory.instances(Some(record.env)).into_iter().filter(|i| i.health != InstanceHealth::Stopped).collect();
+    let now_ms = crate::now_ms();
+    let deadline = release.settings.progress_deadline_ms;
+    let situation = Situation {
+        target,
+        desired: release.settings.instances,
+        strategy: &release.settings.strategy,
+        instances: &instances,
+        promoted: false,
+        now_ms,
+    };
+    match next_step(&situation) {
+        Step::Start { count, weight } => {
+            for _ in 0..count {
+                start_instance(node, record.env, target, weight, &instances).await?;
+            }
+            Ok(())
+        }
+        Step::Weights(weights) => super::write(node, DeployCommand::SetWeights { weights, now_ms }).await.map(drop),
+        Step::Stop(ids) => {
+            for instance in ids {
+                let message = "replaced by a newer revision".to_owned();
+                super::write(node, DeployCommand::StopInstance { instance, message }).await?;
+            }
+            Ok(())
+        }
+        Step::Failed(reason) => fail(control, record, reason).await,
+        Step::AwaitPromotion => {
+            control
+                .update(Update {
+                    status: Some(DeploymentStatus::Paused),
+                    details: Some("the new set is ready; waiting for promotion".into()),
+                    ..Update::default()
+                })
+                .await
+        }
+        Step::Done => {
+            let (status, event) = match record.reverting_to {
+                Some(good) => (DeploymentStatus::RolledBack, format!("rolled back to revision {good}")),
+                None => (DeploymentStatus::Completed, format!("revision {} serves", record.revision)),
+            };
+            let details = format!("{} of {} instances on revision {target}", release.settings.instances, release.settings.instances);
+            control
+                .update(Update {
+                    status: Some(status),
+                    details: Some(details),
+                    event: Some(event),
+                    ..Update::default()
+                })
+                .await
+        }
+        Step::Wait(details) if now_ms.saturating_sub(control.phase_started_ms) > deadline => {
+            let reason = format!("not healthy within the progress deadline of {} s ({details})", deadline / 1000);
+            fail(control, record, reason).await
+        }
+        Step::Wait(details) => {
+            let details = match record.reverting_to {
+                Some(good) => format!("rolling back to revision {good}: {details}"),
+                None => details,
+            };
+            control.update(Update::details(details)).await
+        }
+    }
+}
+
+/// A release that cannot become healthy: roll back to the last good revision once, or fail.
+async fn fail(control: &mut Control<'_>, record: &DeploymentRecord, reason: String) -> Result<(), ApiError> {
+    let directory = control.node.meta.directory();
+    let last_good = directory.environment(record.env).and_then(|e| e.last_good_revision);
+    let auto_revert = record.release.as_ref().is_none_or(|r| r.settings.auto_revert);
+    if let (None, Some(good), true) = (record.reverting_to, last_good, auto_revert) {
+        if good != record.revision {
+            control.phase_started_ms = crate::now_ms();
+            return control
+                .update(Update {
+                    reverting_to: Some(good),
+                    details: Some(format!("rolling back to revision {good}: {reason}")),
+                    event: Some(format!("{reason}; rolling back to revision {good}")),
+                    ..Update::default()
+                })
+                .await;
+        }
+    }
+    // Nothing to return to (or the rollback itself failed): stop what does not serve.
+    let failing = record.reverting_to.unwrap_or(record.revision);
+    for instance in directory.instances(Some(record.env)) {
+        if instance.revision == failing && instance.health != InstanceHealth::Healthy && instance.health != InstanceHealth::Stopped {
+            super::write(control.node, DeployCommand::StopInstance { instance: instance.id, message: reason.clone() }).await?;
+        }
+    }
+    control
+        .update(Update {
+            status: Some(DeploymentStatus::Failed),
+            details: Some(reason.clone()),
+            event: Some(reason),
+            ..Update::default()
+        })
+        .await
+}
+
+fn release_of(deployments: &[DeploymentRecord], revision: u64) -> Option<Release> {
+    deployments.iter().find(|d| d.revision == revision).and_then(|d| d.release.clone())
+}
+
+/// Adds an instance on the active node that runs the fewest of this environment's instances
+/// (then the fewest in all), so that instances spread over the cluster.
+async fn start_instance(node: &NodeContext, env: u64, revision: u64, weight: u32, instances: &[InstanceRecord]) -> Result<(), ApiError> {
+    let directory = node.meta.directory();
+    let all = directory.instances(None);
+    let target = directory
+        .nodes()
+        .into_iter()
+        .filter(|n| n.state == NodeState::Active)
+        .min_by_key(|n| {
+            let here = instances.iter().filter(|i| i.node == n.id).count();
+            let total = all.iter().filter(|i| i.node == n.id && i.health != InstanceHealth::Stopped).count();
+            (here, total, n.id.0)
+        })
+        .ok_or_else(|| ApiError::Unavailable {
+            what: "deployment".into(),
+            reason: "no active node to run an instance".into(),
+            retry_after_secs: 5,
+        })?;
+    let host = target.addr.rsplit_once(':').map(|(host, _)| host.to_owned()).unwrap_or_else(|| "127.0.0.1".into());
+    let command = DeployCommand::AddInstance {
+        env,
+        revision,
+        node: target.id,
+        host,
+        weight,
+        now_ms: crate::now_ms(),
+    };
+    super::write(node, command).await.map(drop)
+}
+
+/// What a deployment of a commit runs: the `deploy:` section of its pipeline file, and the
+/// artifacts of the `from` job of a pipeline that passed it at that commit.
+async fn plan(node: &NodeContext, record: &DeploymentRecord) -> Result<Release, String> {
+    if let DeploymentKind::Rollback { to_revision } = record.kind {
+        return Err(format!("revision {to_revision} has no release to return to"));
+    }
+    let directory = node.meta.directory();
+    let env = directory.environment(record.env).ok_or("the environment is gone")?;
+    let repo = directory.repo_by_id(env.repo).ok_or("the repository is gone")?;
+    let request = NodeRequest::Repo {
+        id: repo.id,
+        name: repo.name.clone(),
+        request: RepoRequest::Blob {
+            rev: Some(record.sha.clone()),
+            path: wharf_ci::PIPELINE_FILE.into(),
+        },
+    };
+    let text = match node.peers.call(repo.node, &request).await {
+        Ok(NodeReply::Blob(blob)) => String::from_utf8_lossy(&blob.content).into_owned(),
+        Ok(other) => return Err(format!("reading {}: unexpected reply {other:?}", wharf_ci::PIPELINE_FILE)),
+        Err(error) => return Err(format!("reading {} at {}: {error}", wharf_ci::PIPELINE_FILE, short(&record.sha))),
+    };
+    let pipeline = wharf_ci::Pipeline::parse(&text).map_err(|e| format!("{}: {e}", wharf_ci::PIPELINE_FILE))?;
+    let spec = pipeline
+        .deploy
+        .ok_or_else(|| format!("{} at {} has no deploy section", wharf_ci::PIPELINE_FILE, short(&record.sha)))?;
+    let artifact_job = directory
+        .pipelines(repo.id, 100)
+        .into_iter()
+        .filter(|p| p.sha == record.sha)
+        .flat_map(|p| p.jobs)
+        .filter_map(|job| directory.job(job))
+        .find(|job| job.name == spec.from && job.status == wharf_proto::JobStatus::Passed && !job.artifacts.is_empty())
+        .ok_or_else(|| format!("no passed run of job {:?} with artifacts at {}: run its pipeline first", spec.from, short(&record.sha)))?;
+    Ok(Release {
+        sha: record.sha.clone(),
+        artifact_job: artifact_job.id,
+        command: spec.command.clone(),
+        health: spec.health.clone(),
+        settings: spec.environment(&env.name),
+    })
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}

@@ -1,0 +1,379 @@
+//! The process driver: runs the instances that the records place on this node.
+//!
+//! Every few hundred milliseconds it compares the instance records naming this node with the
+//! processes it runs: a record it does not run yet is started (the release's artifacts are
+//! fetched from the node that ran the job, the command runs in them as its own process group
+//! with `PORT` set, under the environment's memory limit); a record marked stopped, or gone,
+//! has its process stopped (SIGTERM, then SIGKILL) and is removed. While an instance runs, the
+//! driver checks its health over HTTP and records each change of health; a process that ends
+//! makes its instance unhealthy. Records are the only instruction, so a node that restarts
+//! starts again what it should run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use wharf_meta::DeployCommand;
+use wharf_proto::deploy::{HealthCheck, InstanceHealth, InstanceRecord, Release};
+use wharf_proto::{ApiError, NodeReply, NodeRequest};
+
+use crate::NodeContext;
+
+/// How often the driver compares records with processes.
+const RECONCILE: Duration = Duration::from_millis(250);
+/// How long a stopped instance gets to exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The instances this node runs: a stop signal for each.
+#[derive(Default)]
+pub(crate) struct Driver {
+    running: Mutex<HashMap<u64, watch::Sender<bool>>>,
+    /// Held while a release's artifacts are fetched, so two instances never fetch one twice.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl Driver {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, watch::Sender<bool>>> {
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stops every instance (the node is shutting down).
+    pub fn stop_all(&self) {
+        for stop in self.lock().values() {
+            let _ = stop.send(true);
+        }
+    }
+}
+
+/// Starts the driver of `node`; it ends when the node stops.
+pub(crate) fn spawn_driver(node: Weak<NodeContext>) {
+    tokio::spawn(async move {
+        while let Some(node) = node.upgrade().filter(|n| !n.is_stopping()) {
+            reconcile(&node).await;
+            drop(node);
+            tokio::time::sleep(RECONCILE).await;
+        }
+    });
+}
+
+async fn reconcile(node: &Arc<NodeContext>) {
+    let me = node.config.id;
+    let records: HashMap<u64, InstanceRecord> = node
+        .meta
+        .directory()
+        .instances(None)
+        .into_iter()
+        .filter(|i| i.node == me)
+        .map(|i| (i.id, i))
+        .collect();
+    let mut to_remove = Vec::new();
+    {
+        let mut running = node.driver.lock();
+        for (id, stop) in running.iter() {
+            let stopped = records.get(id).is_none_or(|r| r.health == InstanceHealth::Stopped);
+            if stopped {
+                let _ = stop.send(true);
+            }
+        }
+        for record in records.values() {
+            match (record.health, running.contains_key(&record.id)) {
+                (InstanceHealth::Stopped, false) => to_remove.push(record.id),
+                (InstanceHealth::Stopped, true) => {}
+                (_, true) => {}
+                (_, false) => {
+                    let (sender, receiver) = watch::channel(false);
+                    running.insert(record.id, sender);
+                    tokio::spawn(run_instance(node.clone(), record.clone(), receiver));
+                }
+            }
+        }
+    }
+    for instance in to_remove {
+        let _ = write(node, DeployCommand::RemoveInstance { instance }).await;
+    }
+}
+
+async fn write(node: &NodeContext, command: DeployCommand) -> Result<(), ApiError> {
+    super::write(node, command).await.map(drop)
+}
+
+/// Runs one instance until its record says stop; then removes the record.
+async fn run_instance(node: Arc<NodeContext>, record: InstanceRecord, mut stop: watch::Receiver<bool>) {
+    let id = record.id;
+    match start(&node, &record).await {
+        Ok(mut child) => {
+            supervise(&node, &record, &mut child, &mut stop).await;
+            terminate(&mut child).await;
+        }
+        Err(error) => {
+            tracing::warn!(instance = id, %error, "instance did not start");
+            let _ = write(&node, health_change(id, InstanceHealth::Unhealthy, Some(format!("did not start: {error}")))).await;
+            stopped(&mut stop).await;
+        }
+    }
+    node.driver.lock().remove(&id);
+    let _ = write(&node, DeployCommand::RemoveInstance { instance: id }).await;
+}
+
+fn health_change(instance: u64, health: InstanceHealth, message: Option<String>) -> DeployCommand {
+    DeployCommand::SetInstanceHealth {
+        instance,
+        health,
+        message,
+        now_ms: crate::now_ms(),
+    }
+}
+
+/// The release an instance runs: its revision's.
+fn release_of(node: &NodeContext, record: &InstanceRecord) -> Result<Release, String> {
+    node.meta
+        .directory()
+        .deployments(Some(record.env))
+        .into_iter()
+        .find(|d| d.revision == record.revision)
+        .and_then(|d| d.release)
+        .ok_or_else(|| format!("revision {} has no release", record.revision))
+}
+
+async fn start(node: &Arc<NodeContext>, record: &InstanceRecord) -> Result<tokio::process::Child, String> {
+    let release = release_of(node, record)?;
+    let directory = node.meta.directory();
+    let env = directory.environment(record.env).ok_or("its environment is gone")?;
+    let dir = fetch_artifacts(node, release.artifact_job).await?;
+    let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+    let logs = node.config.data_dir.join("deploy").join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(logs.join(format!("instance-{}.log", record.id))).map_err(|e| e.to_string())?;
+    // The memory limit is an address-space limit: what the shell can set on any Unix.
+    let limit = if env.config.memory > 0.0 {
+        format!("ulimit -v {} 2>/dev/null; ", (env.config.memory * 1024.0 * 1024.0) as u64)
+    } else {
+        String::new()
+    };
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{limit}exec sh -c \"$WHARF_COMMAND\""))
+        .current_dir(&dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &dir)
+        .env("PORT", port.to_string())
+        .env("WHARF_COMMAND", &release.command)
+        .env("WHARF_ENVIRONMENT", &env.name)
+        .env("WHARF_REVISION", record.revision.to_string())
+        .env("WHARF_INSTANCE_ID", record.id.to_string())
+        .env("WHARF_COMMIT_SHA", &release.sha)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start sh: {e}"))?;
+    let pid = child.id().unwrap_or_default();
+    write(node, DeployCommand::InstanceStarted { instance: record.id, port, pid })
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(instance = record.id, env = %env.name, revision = record.revision, port, "instance started");
+    Ok(child)
+}
+
+/// Checks health until the process ends or the record says stop, recording each change.
+async fn supervise(node: &NodeContext, record: &InstanceRecord, child: &mut tokio::process::Child, stop: &mut watch::Receiver<bool>) {
+    let health = release_of(node, record).map(|r| r.health).unwrap_or_default();
+    let Some(port) = node.meta.directory().instances(Some(record.env)).iter().find(|i| i.id == record.id).and_then(|i| i.port) else {
+        return;
+    };
+    let mut checks = Checks::new(&health);
+    let interval = Duration::from_millis(health.interval_ms.max(50));
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                let message = format!("its process ended ({})", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
+                let _ = write(node, health_change(record.id, InstanceHealth::Unhealthy, Some(message))).await;
+                break;
+            }
+            () = stopped(stop) => return,
+            _ = tokio::time::sleep(interval) => {
+                let passed = check(port, &health).await;
+                if let Some(change) = checks.record(passed) {
+                    let message = (change == InstanceHealth::Unhealthy).then(|| format!("{} failed {} times in a row", health.path, health.unhealthy_threshold));
+                    let _ = write(node, health_change(record.id, change, message)).await;
+                }
+            }
+        }
+    }
+    // The process is gone; the record stays (unhealthy) until a controller stops it.
+    stopped(stop).await;
+}
+
+/// Resolves once the instance's record says stop.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    loop {
+        let now = *stop.borrow_and_update();
+        if now {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            // The driver forgot the instance (the node stops): treat it as stopped.
+            return;
+        }
+    }
+}
+
+/// Consecutive results of an instance's checks, and its health as they decide it.
+struct Checks {
+    health: InstanceHealth,
+    successes: u32,
+    failures: u32,
+    healthy_threshold: u32,
+    unhealthy_threshold: u32,
+}
+
+impl Checks {
+    fn new(health: &HealthCheck) -> Checks {
+        Checks {
+            health: InstanceHealth::Starting,
+            successes: 0,
+            failures: 0,
+            healthy_threshold: health.healthy_threshold.max(1),
+            unhealthy_threshold: health.unhealthy_threshold.max(1),
+        }
+    }
+
+    /// Counts one check; returns the new health when it changes.
+    fn record(&mut self, passed: bool) -> Option<InstanceHealth> {
+        if passed {
+            (self.successes, self.failures) = (self.successes + 1, 0);
+        } else {
+            (self.successes, self.failures) = (0, self.failures + 1);
+        }
+        let next = if self.successes >= self.healthy_threshold {
+            InstanceHealth::Healthy
+        } else if self.failures >= self.unhealthy_threshold {
+            InstanceHealth::Unhealthy
+        } else {
+            self.health
+        };
+        (next != self.health).then(|| {
+            self.health = next;
+            next
+        })
+    }
+}
+
+/// One HTTP health check: GET the path; a 2xx or 3xx answer within the timeout passes.
+async fn check(port: u16, health: &HealthCheck) -> bool {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let request = format!("GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", health.path);
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.ok()?;
+        let status: u16 = std::str::from_utf8(&head[9..12]).ok()?.parse().ok()?;
+        Some((200..400).contains(&status))
+    };
+    tokio::time::timeout(Duration::from_millis(health.timeout_ms.max(10)), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// Stops a process group: SIGTERM, then SIGKILL after the grace period.
+async fn terminate(child: &mut tokio::process::Child) {
+    let Some(pid) = child.id() else { return };
+    signal_group(pid, "-TERM");
+    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+        signal_group(pid, "-KILL");
+        let _ = child.wait().await;
+    }
+}
+
+fn signal_group(pid: u32, signal: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([signal, "--", &format!("-{pid}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("0.0.0.0:0")?.local_addr()?.port())
+}
+
+/// The artifacts of job `job` in this node's release cache, fetched from the node that ran it
+/// the first time.
+async fn fetch_artifacts(node: &Arc<NodeContext>, job: u64) -> Result<PathBuf, String> {
+    let dir = node.config.data_dir.join("deploy").join("releases").join(format!("job-{job}"));
+    let complete = dir.join(".complete");
+    if complete.exists() {
+        return Ok(dir);
+    }
+    let _held = node.driver.fetching.lock().await;
+    if complete.exists() {
+        return Ok(dir);
+    }
+    let record = node.meta.directory().job(job).ok_or_else(|| format!("job {job} is gone"))?;
+    let from = record.node.ok_or_else(|| format!("job {job} never ran"))?;
+    let partial = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    for file in &record.artifacts {
+        fetch_file(node, from, job, &file.path, &partial.join(&file.path)).await.map_err(|e| e.to_string())?;
+    }
+    std::fs::create_dir_all(&partial).map_err(|e| e.to_string())?;
+    std::fs::write(partial.join(".complete"), b"").map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&partial, &dir).map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+async fn fetch_file(node: &NodeContext, from: wharf_proto::NodeId, job: u64, path: &str, target: &Path) -> Result<(), ApiError> {
+    if let Some(parent) = target.parent() {
+        tokio::fs::create_dir_all(parent).await.map_err(|e| ApiError::internal("release directory", e))?;
+    }
+    let mut out = tokio::fs::File::create(target).await.map_err(|e| ApiError::internal("release file", e))?;
+    let mut offset = 0;
+    loop {
+        let request = NodeRequest::ReadArtifact {
+            job,
+            path: path.to_owned(),
+            offset,
+        };
+        let NodeReply::Chunk(chunk) = node.peers.call(from, &request).await? else {
+            return Err(ApiError::internal("fetch artifact", "unexpected reply"));
+        };
+        out.write_all(&chunk.data).await.map_err(|e| ApiError::internal("release file", e))?;
+        offset += chunk.data.len() as u64;
+        if chunk.eof {
+            break;
+        }
+    }
+    // Artifacts keep no modes; a release's scripts must be runnable.
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o755));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_changes_after_the_thresholds_only() {
+        let mut checks = Checks::new(&HealthCheck {
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            ..HealthCheck::default()
+        });
+        assert_eq!(checks.record(true), None);
+        assert_eq!(checks.record(true), Some(InstanceHealth::Healthy));
+        assert_eq!(checks.record(false), None);
+        assert_eq!(checks.record(false), None);
+        assert_eq!(checks.record(true), None, "a success resets the failures");
+        assert_eq!([checks.record(false), checks.record(false), checks.record(false)], [None, None, Some(InstanceHealth::Unhealthy)]);
+    }
+}
