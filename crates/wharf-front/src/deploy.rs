@@ -39,6 +39,7 @@ pub(crate) fn routes() -> Router<Shared> {
         .route("/api/v1/deployments", post(create_deployment))
         .route("/api/v1/deployments/status", get(deployment_status))
         .route("/api/v1/deployments/{id}", get(show_deployment))
+        .route("/api/v1/deployments/{id}/promote", post(promote))
         .route("/apps/{owner}/{name}/{env}", any(app))
         .route("/apps/{owner}/{name}/{env}/", any(app))
         .route("/apps/{owner}/{name}/{env}/{*rest}", any(app))
@@ -351,7 +352,41 @@ async fn show_deployment(State(state): State<Shared>, headers: HeaderMap, JsonPa
     json_ok(deployment_json(&deployment))
 }
 
+async fn promote(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
+    writer(&state, &headers)?;
+    state.directory.deployment(id).ok_or_else(|| ApiError::NotFound {
+        what: format!("deployment {id}"),
+    })?;
+    act(&state, DeployAction::PromoteDeployment { deployment: id }).await?;
+    json_ok(json!({"message": "Promotion requested", "deployment_id": id}))
+}
+
 // ---- the application router ----
+
+/// Routes `Host: {env}.{name}.{owner}.localhost` to the environment's instances, path and all;
+/// every other request goes on to the API.
+pub(crate) async fn route_by_host(State(state): State<Shared>, request: Request, next: axum::middleware::Next) -> Response {
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name).to_owned());
+    let labels: Option<Vec<String>> = host.and_then(|h| {
+        let labels: Vec<String> = h.split('.').map(str::to_owned).collect();
+        (labels.len() == 4 && labels[3] == "localhost").then_some(labels)
+    });
+    let Some(labels) = labels else { return next.run(request).await };
+    let path = AppPath {
+        env: labels[0].clone(),
+        name: labels[1].clone(),
+        owner: labels[2].clone(),
+        rest: request.uri().path().trim_start_matches('/').to_owned(),
+    };
+    match app_for(&state, &path, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
 
 #[derive(Deserialize)]
 struct AppPath {
@@ -363,7 +398,11 @@ struct AppPath {
 }
 
 async fn app(State(state): State<Shared>, JsonPath(path): JsonPath<AppPath>, request: Request) -> ApiResult {
-    let env = app_environment(&state, &path)?;
+    app_for(&state, &path, request).await
+}
+
+async fn app_for(state: &FrontState, path: &AppPath, request: Request) -> ApiResult {
+    let env = app_environment(state, path)?;
     let candidates: Vec<(InstanceRecord, u64)> = state
         .directory
         .instances(Some(env.id))
@@ -374,7 +413,7 @@ async fn app(State(state): State<Shared>, JsonPath(path): JsonPath<AppPath>, req
             (i, weight)
         })
         .collect();
-    proxy(&state, &env, candidates, &path.rest, request).await
+    proxy(state, &env, candidates, &path.rest, request).await
 }
 
 async fn preview(State(state): State<Shared>, JsonPath(path): JsonPath<AppPath>, request: Request) -> ApiResult {

@@ -87,6 +87,7 @@ pub fn app(config: FrontConfig, directory: Arc<dyn Directory>) -> Router {
     });
     api::routes(state.clone())
         .fallback(smart_http::handle)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), deploy::route_by_host))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::record,

@@ -101,6 +101,11 @@ pub enum DeployCommand {
         /// When.
         now_ms: u64,
     },
+    /// Let a deployment waiting for promotion go on.
+    PromoteDeployment {
+        /// The deployment.
+        deployment: u64,
+    },
     /// Add an instance of `revision` on `node` (its driver starts it).
     AddInstance {
         /// The environment.
@@ -337,6 +342,16 @@ impl DeployState {
                 }
                 Ok(DeployOutcome::Done)
             }
+            DeployCommand::PromoteDeployment { deployment } => {
+                let record = self.deployments.get_mut(&deployment).ok_or_else(|| not_found("deployment", deployment))?;
+                if record.status.is_finished() {
+                    return Err(ApiError::Conflict {
+                        message: format!("deployment {deployment} has finished"),
+                    });
+                }
+                record.promoted = true;
+                Ok(DeployOutcome::Done)
+            }
             DeployCommand::AddInstance {
                 env,
                 revision,
@@ -456,6 +471,7 @@ impl DeployState {
             status: DeploymentStatus::Pending,
             details: "waiting for its turn".into(),
             reverting_to: None,
+            promoted: false,
             controller: None,
             lease_until_ms: None,
             created_ms: now_ms,

@@ -240,6 +240,8 @@ pub struct DeploymentRecord {
     pub details: String,
     /// The revision it is rolling back to after a failure, if it is.
     pub reverting_to: Option<u64>,
+    /// Whether a promotion was asked for (a blue-green set waiting for one).
+    pub promoted: bool,
     /// The node driving it, and until when (a lease, as for CI jobs).
     pub controller: Option<NodeId>,
     /// The end of the controller's lease.

@@ -168,6 +168,11 @@ pub enum DeployAction {
         /// The environment.
         env: u64,
     },
+    /// Let a blue-green deployment that waits for promotion switch traffic.
+    PromoteDeployment {
+        /// The deployment.
+        deployment: u64,
+    },
     /// Deploy a commit, or return to an earlier revision.
     CreateDeployment {
         /// The environment.

@@ -42,6 +42,9 @@ pub(crate) fn spawn_controllers(node: Weak<NodeContext>) {
     tokio::spawn(async move {
         while let Some(node) = node.upgrade().filter(|n| !n.is_stopping()) {
             take_deployments(&node).await;
+            if node.meta.status().leader == Some(node.config.id.0) {
+                repair_environments(&node).await;
+            }
             drop(node);
             tokio::time::sleep(TICK).await;
         }
@@ -82,6 +85,34 @@ async fn take_deployments(node: &Arc<NodeContext>) {
             }
             node.controllers.lock().remove(&id);
         });
+    }
+}
+
+/// Between deployments, at the Raft leader: an environment whose instance died or went
+/// unhealthy gets a new one, so it runs as many instances of its revision as it should.
+async fn repair_environments(node: &NodeContext) {
+    let directory = node.meta.directory();
+    let busy: HashSet<u64> = directory.deployments(None).iter().filter(|d| !d.status.is_finished()).map(|d| d.env).collect();
+    for env in directory.environments(None) {
+        let Some(revision) = env.current_revision.filter(|_| !busy.contains(&env.id)) else { continue };
+        let Some(release) = release_of(&directory.deployments(Some(env.id)), revision) else { continue };
+        let instances: Vec<InstanceRecord> =
+            directory.instances(Some(env.id)).into_iter().filter(|i| i.health != InstanceHealth::Stopped).collect();
+        let (live, dead): (Vec<&InstanceRecord>, Vec<&InstanceRecord>) =
+            instances.iter().partition(|i| i.revision == revision && i.health != InstanceHealth::Unhealthy);
+        for instance in dead {
+            let message = format!("replaced: {}", instance.message.as_deref().unwrap_or("not of the serving revision"));
+            let _ = super::write(node, DeployCommand::StopInstance { instance: instance.id, message }).await;
+        }
+        let desired = release.settings.instances as usize;
+        if live.len() < desired {
+            tracing::info!(env = %env.name, live = live.len(), desired, "starting a replacement instance");
+            let _ = start_instance(node, env.id, revision, 1, &instances).await;
+        }
+        for extra in live.iter().rev().take(live.len().saturating_sub(desired)) {
+            let message = "more instances than the environment runs".to_owned();
+            let _ = super::write(node, DeployCommand::StopInstance { instance: extra.id, message }).await;
+        }
     }
 }
 
@@ -216,10 +247,20 @@ async fn step(control: &mut Control<'_>, record: &DeploymentRecord) -> Result<()
         desired: release.settings.instances,
         strategy: &release.settings.strategy,
         instances: &instances,
-        promoted: false,
+        promoted: record.promoted,
         now_ms,
     };
-    match next_step(&situation) {
+    let step = next_step(&situation);
+    if record.status == DeploymentStatus::Paused && step != Step::AwaitPromotion {
+        control
+            .update(Update {
+                status: Some(DeploymentStatus::InProgress),
+                event: Some("promoted".into()),
+                ..Update::default()
+            })
+            .await?;
+    }
+    match step {
         Step::Start { count, weight } => {
             for _ in 0..count {
                 start_instance(node, record.env, target, weight, &instances).await?;
@@ -235,11 +276,13 @@ async fn step(control: &mut Control<'_>, record: &DeploymentRecord) -> Result<()
             Ok(())
         }
         Step::Failed(reason) => fail(control, record, reason).await,
+        Step::AwaitPromotion if record.status == DeploymentStatus::Paused => Ok(()),
         Step::AwaitPromotion => {
             control
                 .update(Update {
                     status: Some(DeploymentStatus::Paused),
-                    details: Some("the new set is ready; waiting for promotion".into()),
+                    details: Some("the new set is ready at the preview route; waiting for promotion".into()),
+                    event: Some("paused for promotion".into()),
                     ..Update::default()
                 })
                 .await

@@ -47,6 +47,7 @@ pub(crate) async fn act(node: &NodeContext, action: DeployAction) -> Result<Node
         },
         DeployAction::UpdateEnvironment { env, config, protected } => DeployCommand::UpdateEnvironment { env, config, protected },
         DeployAction::DeleteEnvironment { env } => DeployCommand::DeleteEnvironment { env, now_ms },
+        DeployAction::PromoteDeployment { deployment } => DeployCommand::PromoteDeployment { deployment },
         DeployAction::CreateDeployment { env, kind, branch, sha } => DeployCommand::CreateDeployment {
             env,
             kind,

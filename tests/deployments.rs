@@ -1,0 +1,299 @@
+//! Deployments on one node: a small HTTP application that the test builds is deployed through
+//! pipelines and the API while a client keeps sending requests through the front.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use wharf_tests::{git_ok, wait_until, Wharf};
+
+/// The application: answers its version, and fails its health check when the version is `bad`.
+const APP: &str = r#"import http.server, os
+VERSION = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "VERSION")).read().strip()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/healthz" and VERSION == "bad":
+            self.send_response(500); self.end_headers(); return
+        body = ("version %s path %s\n" % (VERSION, self.path)).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
+"#;
+
+fn pipeline_file(strategy: &str) -> String {
+    format!(
+        r#"stages: [build]
+jobs:
+  build:
+    stage: build
+    script: [mkdir -p out, cp app.py VERSION out/]
+    artifacts: {{ paths: [out/] }}
+deploy:
+  from: build
+  command: python3 out/app.py
+  health: {{ path: /healthz, interval: 200ms, timeout: 1s, healthy_threshold: 2, unhealthy_threshold: 2 }}
+  environments:
+    staging:
+      branch: main
+      instances: 2
+      strategy: {strategy}
+      progress_deadline: 30s
+    production:
+      branch: main
+      instances: 1
+"#
+    )
+}
+
+/// A working copy of the application that pushes versions.
+struct App {
+    work: tempfile::TempDir,
+}
+
+impl App {
+    fn new(strategy: &str) -> App {
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(work.path().join("app.py"), APP).unwrap();
+        std::fs::write(work.path().join(".wharf.yml"), pipeline_file(strategy)).unwrap();
+        git_ok(work.path(), &["init", "-q"]);
+        App { work }
+    }
+
+    /// Commits `version` and pushes it; returns the commit.
+    fn push(&self, wharf: &Wharf, version: &str) -> String {
+        std::fs::write(self.work.path().join("VERSION"), format!("{version}\n")).unwrap();
+        git_ok(self.work.path(), &["add", "."]);
+        git_ok(self.work.path(), &["commit", "-qm", version]);
+        git_ok(self.work.path(), &["push", "-q", &wharf.push_url("acme/shop"), "HEAD:main"]);
+        git_ok(self.work.path(), &["rev-parse", "HEAD"]).trim().to_owned()
+    }
+}
+
+/// A client that keeps reading the application through the front and counts what it sees.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Result<String, String>>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(url: String) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (stop_flag, record) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+            while !stop_flag.load(Ordering::SeqCst) {
+                let answer = match http.get(&url).send() {
+                    Ok(response) if response.status() == 200 => Ok(response.text().unwrap_or_default()),
+                    Ok(response) => Err(format!("{} {}", response.status(), response.text().unwrap_or_default())),
+                    Err(error) => Err(error.to_string()),
+                };
+                record.lock().unwrap().push(answer);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Traffic {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// Every failed request so far, and how many requests there were.
+    fn failures(&self) -> (Vec<String>, usize) {
+        let seen = self.seen.lock().unwrap();
+        (seen.iter().filter_map(|r| r.clone().err()).collect(), seen.len())
+    }
+
+    /// The versions of the last `n` answers.
+    fn last_versions(&self, n: usize) -> Vec<String> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter().rev().take(n).filter_map(|r| r.as_ref().ok()).map(|text| version_of(text)).collect()
+    }
+
+    fn clear(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn version_of(text: &str) -> String {
+    text.split_whitespace().nth(1).unwrap_or("").to_owned()
+}
+
+fn create_environment(wharf: &Wharf, name: &str, protected: bool) -> u64 {
+    let body = json!({"project_id": "acme/shop", "env_name": name, "config": {"cpu": 1, "memory": 1, "storage": 1}, "protected": protected});
+    let created = wharf.post("/api/v1/environments", body);
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.json["message"], "Environment created successfully");
+    created.json["env_id"].as_u64().unwrap()
+}
+
+/// Waits until the environment's newest deployment has finished; returns it.
+fn settled(wharf: &Wharf, env: u64, revision: u64) -> Value {
+    let mut newest = Value::Null;
+    wait_until(&format!("revision {revision} of environment {env} finishes"), Duration::from_secs(120), || {
+        newest = wharf.get(&format!("/api/v1/environments/{env}/deployments")).json["deployments"][0].clone();
+        newest["revision"] == revision && matches!(newest["status"].as_str(), Some("completed" | "failed" | "rolled-back"))
+    });
+    newest
+}
+
+fn status_of(wharf: &Wharf, deployment: u64) -> Value {
+    wharf.get(&format!("/api/v1/deployments/status?deployment_id={deployment}")).json
+}
+
+#[test]
+fn rolling_updates_roll_back_bad_releases_by_themselves_and_never_fail_a_request() {
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(data.path());
+    wharf.create_repo("acme/shop");
+    let staging = create_environment(&wharf, "staging", false);
+    let production = create_environment(&wharf, "production", true);
+    assert_eq!(wharf.post("/api/v1/environments", json!({"project_id": "acme/shop", "env_name": "staging"})).status, 409);
+    assert_eq!(wharf.post("/api/v1/environments", json!({"project_id": "acme/shop", "env_name": "../x"})).error_code(), "invalid_name");
+    assert_eq!(wharf.post("/api/v1/environments", json!({"project_id": "acme/none", "env_name": "x"})).status, 404);
+
+    let app = App::new("{ type: rolling, max_surge: 1, max_unavailable: 0, min_ready: 500ms }");
+    app.push(&wharf, "v1");
+    let first = settled(&wharf, staging, 1);
+    assert_eq!(first["status"], "completed", "{first:#}");
+    let url = format!("{}/apps/acme/shop/staging/hello", wharf.url);
+    let answer = wharf.get("/apps/acme/shop/staging/hello");
+    assert_eq!(String::from_utf8_lossy(&answer.bytes), "version v1 path /hello\n", "the prefix is stripped");
+    let environment = wharf.get(&format!("/api/v1/environments/{staging}")).json;
+    assert_eq!(environment["current_revision"], 1);
+    assert_eq!(environment["instances"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        wharf.get(&format!("/api/v1/environments/{production}/deployments")).json["deployments"],
+        json!([]),
+        "a protected environment does not deploy from a branch"
+    );
+
+    // v1 -> v2 under steady traffic.
+    let traffic = Traffic::start(url);
+    wait_until("traffic flows", Duration::from_secs(10), || traffic.failures().1 > 10);
+    app.push(&wharf, "v2");
+    let second = settled(&wharf, staging, 2);
+    assert_eq!(second["status"], "completed", "{second:#}");
+    let deployment = second["id"].as_u64().unwrap();
+    let status = status_of(&wharf, deployment);
+    assert_eq!(status["status"], "completed");
+    assert_eq!(status["revision"], 2);
+    assert_eq!(status["details"], "2 of 2 instances on revision 2");
+    wait_until("traffic is on v2", Duration::from_secs(10), || traffic.last_versions(10).iter().all(|v| v == "v2"));
+    let (failures, total) = traffic.failures();
+    assert!(failures.is_empty(), "{} of {total} requests failed during the rolling update: {failures:?}", failures.len());
+
+    // v3 fails its health check: rolled back to v2 by itself, still without a failed request.
+    traffic.clear();
+    app.push(&wharf, "bad");
+    let third = settled(&wharf, staging, 3);
+    assert_eq!(third["status"], "rolled-back", "{third:#}");
+    assert!(third["details"].as_str().unwrap().contains("revision 2"), "{third:#}");
+    let events: Vec<&str> = third["events"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap()).collect();
+    assert!(events.iter().any(|e| e.contains("unhealthy") && e.contains("rolling back to revision 2")), "{events:?}");
+    assert_eq!(wharf.get(&format!("/api/v1/environments/{staging}")).json["current_revision"], 2);
+    wait_until("traffic is on v2", Duration::from_secs(10), || traffic.last_versions(10).iter().all(|v| v == "v2"));
+    let (failures, total) = traffic.failures();
+    assert!(failures.is_empty(), "{} of {total} requests failed during the bad release: {failures:?}", failures.len());
+
+    // A manual rollback to revision 1.
+    traffic.clear();
+    let rollback = wharf.post(&format!("/api/v1/environments/{staging}/rollback"), json!({"revision": 1}));
+    assert_eq!(rollback.status, 201, "{rollback:?}");
+    let fourth = settled(&wharf, staging, 4);
+    assert_eq!(fourth["status"], "completed", "{fourth:#}");
+    assert_eq!(fourth["kind"], json!({"rollback": {"to_revision": 1}}));
+    wait_until("traffic is on v1", Duration::from_secs(10), || traffic.last_versions(10).iter().all(|v| v == "v1"));
+    let (failures, total) = traffic.failures();
+    assert!(failures.is_empty(), "{} of {total} requests failed during the rollback: {failures:?}", failures.len());
+    assert_eq!(wharf.post(&format!("/api/v1/environments/{staging}/rollback"), json!({"revision": 3})).status, 400, "revision 3 never completed");
+    assert_eq!(wharf.post(&format!("/api/v1/environments/{staging}/rollback"), json!({"revision": 99})).status, 404);
+    drop(traffic);
+
+    // The protected environment deploys on an explicit call.
+    let started = wharf.post("/api/v1/deployments", json!({"repo_url": "acme/shop", "branch_name": "main", "env_id": production}));
+    assert_eq!(started.status, 201, "{started:?}");
+    assert_eq!(started.json["message"], "Deployment started");
+    let explicit = settled(&wharf, production, 1);
+    assert_eq!(explicit["status"], "failed", "the tip is the bad release and there is nothing to return to: {explicit:#}");
+    assert_eq!(wharf.post("/api/v1/deployments", json!({"repo_url": "acme/shop", "branch_name": "nope", "env_id": production})).status, 404);
+    assert!(status_of(&wharf, 999_999).get("error").is_some());
+
+    // Deleting an environment stops its instances.
+    let deleted = wharf.request("DELETE", "/api/v1/environments", Some(json!({"env_id": staging}).to_string().into_bytes()), Some(&wharf.token));
+    assert_eq!(deleted.status, 200, "{deleted:?}");
+    wait_until("the instances are gone", Duration::from_secs(30), || wharf.get("/apps/acme/shop/staging/").status == 404);
+}
+
+#[test]
+fn blue_green_waits_for_promotion_and_a_killed_instance_is_replaced() {
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(data.path());
+    wharf.create_repo("acme/shop");
+    let staging = create_environment(&wharf, "staging", false);
+    let app = App::new("{ type: blue_green, auto_promote: false, scale_down_delay: 1s }");
+    app.push(&wharf, "v1");
+    // The first release has nothing to replace, but still waits for its promotion.
+    let mut first = Value::Null;
+    wait_until("revision 1 waits for promotion", Duration::from_secs(60), || {
+        first = wharf.get(&format!("/api/v1/environments/{staging}/deployments")).json["deployments"][0].clone();
+        first["status"] == "paused"
+    });
+    assert_eq!(wharf.post(&format!("/api/v1/deployments/{}/promote", first["id"]), json!({})).status, 200);
+    assert_eq!(settled(&wharf, staging, 1)["status"], "completed");
+
+    let traffic = Traffic::start(format!("{}/apps/acme/shop/staging/", wharf.url));
+    app.push(&wharf, "v2");
+    let mut second = Value::Null;
+    wait_until("revision 2 waits for promotion", Duration::from_secs(60), || {
+        second = wharf.get(&format!("/api/v1/environments/{staging}/deployments")).json["deployments"][0].clone();
+        second["revision"] == 2 && second["status"] == "paused"
+    });
+    assert_eq!(version_of(&String::from_utf8_lossy(&wharf.get("/preview/acme/shop/staging/").bytes)), "v2", "the new set is at the preview route");
+    assert_eq!(traffic.last_versions(10), vec!["v1"; 10], "traffic stays on the old set until promotion");
+    let status = status_of(&wharf, second["id"].as_u64().unwrap());
+    assert_eq!(status["status"], "paused");
+    assert!(status["details"].as_str().unwrap().contains("waiting for promotion"));
+    wharf.post(&format!("/api/v1/deployments/{}/promote", second["id"]), json!({}));
+    assert_eq!(settled(&wharf, staging, 2)["status"], "completed");
+    wait_until("traffic is on v2", Duration::from_secs(10), || traffic.last_versions(10).iter().all(|v| v == "v2"));
+
+    // Host-based routing reaches the same environment.
+    let by_host = reqwest::blocking::Client::new()
+        .get(format!("{}/by-host", wharf.url))
+        .header("host", "staging.shop.acme.localhost")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(by_host, "version v2 path /by-host\n");
+
+    // An instance killed by hand is replaced.
+    let instances = wharf.get(&format!("/api/v1/environments/{staging}")).json["instances"].clone();
+    let victim = &instances[0];
+    let pid = victim["pid"].as_u64().unwrap();
+    std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    wait_until("a replacement instance is healthy", Duration::from_secs(60), || {
+        let instances = wharf.get(&format!("/api/v1/environments/{staging}")).json["instances"].clone();
+        let healthy: Vec<&Value> = instances.as_array().unwrap().iter().filter(|i| i["health"] == "healthy").collect();
+        healthy.len() == 2 && healthy.iter().all(|i| i["id"] != victim["id"])
+    });
+    let (failures, total) = traffic.failures();
+    assert!(failures.is_empty(), "{} of {total} requests failed: {failures:?}", failures.len());
+}
