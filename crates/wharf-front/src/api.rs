@@ -101,20 +101,46 @@ pub(crate) fn repo_name(owner: &str, name: &str) -> Result<RepoName, ApiError> {
     RepoName::parse(&format!("{owner}/{name}"))
 }
 
+/// How long a request whose owner did not answer waits for this front's view to name a new
+/// owner (a move that switched ownership as the old owner stopped), before it reports 503.
+const OWNER_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Sends `request` to the actor of repository `name` on its owner.
 pub(crate) async fn repo_call(state: &FrontState, name: &RepoName, request: RepoRequest) -> Result<NodeReply, ApiError> {
     let record = record_of(state, name)?;
-    state
-        .nodes
-        .call(
-            record.node,
-            &NodeRequest::Repo {
-                id: record.id,
-                name: name.clone(),
-                request,
-            },
-        )
-        .await
+    let message = NodeRequest::Repo {
+        id: record.id,
+        name: name.clone(),
+        request,
+    };
+    call_owner(state, &record, &message, state.config.node_timeout).await.map(|(_, reply)| reply)
+}
+
+/// Sends `message` to the owner of `record` and returns who answered and how. If the owner
+/// does not answer because the repository has just moved away from it (this front's view
+/// lagged the switch), the message goes to the new owner instead of failing.
+pub(crate) async fn call_owner(
+    state: &FrontState,
+    record: &RepoRecord,
+    message: &NodeRequest,
+    timeout: std::time::Duration,
+) -> Result<(wharf_proto::NodeId, NodeReply), ApiError> {
+    let error = match state.nodes.call_with_timeout(record.node, message, timeout).await {
+        Err(error @ ApiError::Unavailable { .. }) => error,
+        answered => return answered.map(|reply| (record.node, reply)),
+    };
+    let deadline = tokio::time::Instant::now() + OWNER_CHANGE_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        match state.directory.repo(&record.name) {
+            Some(moved) if moved.id == record.id && moved.node != record.node => {
+                let reply = state.nodes.call_with_timeout(moved.node, message, timeout).await?;
+                return Ok((moved.node, reply));
+            }
+            Some(same) if same.id == record.id => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            _ => break,
+        }
+    }
+    Err(error)
 }
 
 pub(crate) fn unexpected(reply: NodeReply) -> ApiError {

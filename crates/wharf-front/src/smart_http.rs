@@ -123,12 +123,9 @@ async fn serve(
         name,
         request: RepoRequest::OpenSession(open),
     };
-    let (node, session) = match state
-        .nodes
-        .call_with_timeout(record.node, &open_request, state.config.git_step_timeout)
-        .await?
-    {
-        NodeReply::Session(id) => (record.node, id),
+    let (owner, reply) = crate::api::call_owner(&state, &record, &open_request, state.config.git_step_timeout).await?;
+    let (node, session) = match reply {
+        NodeReply::Session(id) => (owner, id),
         // The repository moved while we asked; the old owner opened it at the new one.
         NodeReply::SessionOn { node, session } => (node, session),
         other => return Err(ApiError::internal("open git session", format!("unexpected reply {other:?}"))),
