@@ -1,4 +1,5 @@
-//! Deployments on one node: a small HTTP application that the test builds is deployed through
+//! Deployments on one node: a small HTTP application (it answers its version; `bad` fails its
+//! health check, `flaky` passes it but fails real requests) that the test builds is deployed through
 //! pipelines and the API while a client keeps sending requests through the front.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,8 @@ VERSION = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "VERSION
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/healthz" and VERSION == "bad":
+            self.send_response(500); self.end_headers(); return
+        if self.path != "/healthz" and VERSION == "flaky":
             self.send_response(500); self.end_headers(); return
         body = ("version %s path %s\n" % (VERSION, self.path)).encode()
         self.send_response(200)
@@ -296,4 +299,47 @@ fn blue_green_waits_for_promotion_and_a_killed_instance_is_replaced() {
     });
     let (failures, total) = traffic.failures();
     assert!(failures.is_empty(), "{} of {total} requests failed: {failures:?}", failures.len());
+}
+
+#[test]
+fn a_canary_shifts_traffic_by_its_steps_and_a_failing_canary_is_aborted() {
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(data.path());
+    wharf.create_repo("acme/shop");
+    let staging = create_environment(&wharf, "staging", false);
+    let app = App::new("{ type: canary, steps: [25, 100], pause: 4s, max_error_rate: 0.05 }");
+    app.push(&wharf, "v1");
+    assert_eq!(settled(&wharf, staging, 1)["status"], "completed");
+
+    let traffic = Traffic::start(format!("{}/apps/acme/shop/staging/", wharf.url));
+    app.push(&wharf, "v2");
+    let at_step = |wharf: &Wharf| {
+        let newest = wharf.get(&format!("/api/v1/environments/{staging}/deployments")).json["deployments"][0].clone();
+        newest["status"] == "in-progress" && newest["details"] == "canary at 25%"
+    };
+    wait_until("the canary takes 25% of the traffic", Duration::from_secs(60), || at_step(&wharf));
+    traffic.clear();
+    wait_until("a hundred answers during the step", Duration::from_secs(10), || traffic.failures().1 >= 100);
+    let versions = traffic.last_versions(100);
+    assert!(at_step(&wharf), "the whole sample was taken during the 25% step");
+    let share = versions.iter().filter(|v| *v == "v2").count();
+    assert!((18..=32).contains(&share), "{share} of 100 answers came from the canary at 25%");
+    let second = settled(&wharf, staging, 2);
+    assert_eq!(second["status"], "completed", "{second:#}");
+    wait_until("traffic is on v2", Duration::from_secs(10), || traffic.last_versions(10).iter().all(|v| v == "v2"));
+    let (failures, total) = traffic.failures();
+    assert!(failures.is_empty(), "{} of {total} requests failed during the canary: {failures:?}", failures.len());
+
+    // A release that passes its health check but fails real requests is stopped by the check.
+    app.push(&wharf, "flaky");
+    let third = settled(&wharf, staging, 3);
+    assert_eq!(third["status"], "rolled-back", "{third:#}");
+    let events: Vec<&str> = third["events"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap()).collect();
+    assert!(events.iter().any(|e| e.starts_with("canary at 25%: ") && e.contains("requests failed") && e.contains("rolling back to revision 2")), "{events:?}");
+    traffic.clear();
+    wait_until("traffic is back on v2", Duration::from_secs(10), || {
+        let last = traffic.last_versions(20);
+        last.len() == 20 && last.iter().all(|v| v == "v2")
+    });
+    assert_eq!(wharf.get(&format!("/api/v1/environments/{staging}")).json["current_revision"], 2);
 }

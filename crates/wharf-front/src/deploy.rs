@@ -15,7 +15,9 @@ use axum::routing::{any, get, post};
 use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use wharf_proto::deploy::{DeploymentKind, DeploymentRecord, EnvConfig, EnvironmentRecord, InstanceHealth, InstanceRecord};
+use wharf_proto::deploy::{
+    DeploymentKind, DeploymentRecord, EnvConfig, EnvironmentRecord, InstanceHealth, InstanceRecord, InstanceTraffic,
+};
 use wharf_proto::{ApiError, DeployAction, NodeReply, NodeRequest, RepoName, RepoRecord, RepoRequest};
 
 use crate::api::{created, json_ok, reader, repo_call, unexpected, writer};
@@ -53,6 +55,30 @@ pub(crate) fn routes() -> Router<Shared> {
 pub(crate) struct Apps {
     client: reqwest::Client,
     turn: AtomicU64,
+    /// What this router has seen of each instance, for canary checks.
+    traffic: std::sync::Mutex<std::collections::HashMap<u64, InstanceTraffic>>,
+}
+
+impl Apps {
+    fn count(&self, instance: u64, failed: bool, latency: Duration) {
+        let mut traffic = self.traffic.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = traffic.entry(instance).or_insert(InstanceTraffic {
+            instance,
+            ..InstanceTraffic::default()
+        });
+        entry.requests += 1;
+        entry.errors += u64::from(failed);
+        entry.latency_ms += latency.as_millis() as u64;
+    }
+
+    /// The counts of `instances` (zero for one never seen).
+    pub(crate) fn traffic_of(&self, instances: &[u64]) -> Vec<InstanceTraffic> {
+        let traffic = self.traffic.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        instances
+            .iter()
+            .map(|id| traffic.get(id).copied().unwrap_or(InstanceTraffic { instance: *id, ..InstanceTraffic::default() }))
+            .collect()
+    }
 }
 
 impl Default for Apps {
@@ -64,6 +90,7 @@ impl Default for Apps {
                 .build()
                 .expect("an HTTP client without TLS always builds"),
             turn: AtomicU64::new(0),
+            traffic: Default::default(),
         }
     }
 }
@@ -454,7 +481,9 @@ async fn proxy(state: &FrontState, env: &EnvironmentRecord, mut candidates: Vec<
     let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     while !candidates.is_empty() {
         let total: u64 = candidates.iter().map(|(_, w)| w).sum();
-        let mut turn = state.apps.turn.fetch_add(1, Ordering::Relaxed) % total.max(1);
+        // A scrambled counter, not the counter itself: consecutive requests spread over the
+        // instances by weight instead of going to each in long runs.
+        let mut turn = scramble(state.apps.turn.fetch_add(1, Ordering::Relaxed)) % total.max(1);
         let index = candidates
             .iter()
             .position(|(_, weight)| {
@@ -467,9 +496,16 @@ async fn proxy(state: &FrontState, env: &EnvironmentRecord, mut candidates: Vec<
             .unwrap_or(0);
         let (instance, _) = candidates.remove(index);
         let url = format!("http://{}:{}/{rest}{query}", instance.host, instance.port.unwrap_or_default());
+        let started = std::time::Instant::now();
         match forward(state, &parts, body.clone(), &url, &instance).await {
-            Ok(response) => return Ok(response),
-            Err(error) => tracing::debug!(instance = instance.id, %error, "instance did not answer; trying another"),
+            Ok(response) => {
+                state.apps.count(instance.id, response.status().is_server_error(), started.elapsed());
+                return Ok(response);
+            }
+            Err(error) => {
+                state.apps.count(instance.id, true, started.elapsed());
+                tracing::debug!(instance = instance.id, %error, "instance did not answer; trying another");
+            }
         }
     }
     Err(ApiError::Unavailable {
@@ -478,6 +514,14 @@ async fn proxy(state: &FrontState, env: &EnvironmentRecord, mut candidates: Vec<
         retry_after_secs: 1,
     }
     .into())
+}
+
+/// SplitMix64: a bijective scramble of the request counter.
+fn scramble(counter: u64) -> u64 {
+    let mut z = counter.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Headers that belong to one hop, not to the request or response.
@@ -519,4 +563,46 @@ async fn forward(
     headers.insert("x-wharf-revision", instance.revision.into());
     let bytes = answer.bytes().await?;
     Ok((status, headers, Body::from(bytes)).into_response())
+}
+
+/// The actor through which deployment controllers read this front's router counts: it joins
+/// [`wharf_proto::ROUTERS_GROUP`], so a controller on any node finds every front.
+struct RouterStatsActor;
+
+impl ractor::Actor for RouterStatsActor {
+    type Msg = wharf_proto::NodeMessage;
+    type State = Shared;
+    type Arguments = Shared;
+
+    async fn pre_start(&self, _myself: ractor::ActorRef<Self::Msg>, state: Shared) -> Result<Shared, ractor::ActorProcessingErr> {
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ractor::ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Shared,
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        let wharf_proto::NodeMessage::Call(bytes, reply) = message;
+        let result = match wharf_proto::codec::decode::<NodeRequest>(&bytes) {
+            Ok(NodeRequest::RouterStats { instances }) => Ok(NodeReply::RouterStats(state.apps.traffic_of(&instances))),
+            Ok(_) => Err(ApiError::invalid("a front answers only router statistics")),
+            Err(error) => Err(ApiError::invalid(format!("undecodable request: {error}"))),
+        };
+        if let Ok(encoded) = wharf_proto::codec::encode(&result) {
+            let _ = reply.send(encoded);
+        }
+        Ok(())
+    }
+}
+
+/// Starts this front's router-statistics actor.
+pub(crate) fn spawn_router_stats(state: Shared) {
+    tokio::spawn(async move {
+        match ractor::Actor::spawn(None, RouterStatsActor, state).await {
+            Ok((actor, _)) => ractor::pg::join(wharf_proto::ROUTERS_GROUP.to_owned(), vec![actor.get_cell()]),
+            Err(error) => tracing::error!(%error, "the router statistics actor did not start; canary checks see no traffic"),
+        }
+    });
 }

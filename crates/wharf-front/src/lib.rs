@@ -85,6 +85,7 @@ pub fn app(config: FrontConfig, directory: Arc<dyn Directory>) -> Router {
         metrics: metrics::Metrics::default(),
         apps: deploy::Apps::default(),
     });
+    deploy::spawn_router_stats(state.clone());
     api::routes(state.clone())
         .fallback(smart_http::handle)
         .layer(axum::middleware::from_fn_with_state(state.clone(), deploy::route_by_host))

@@ -151,6 +151,9 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
                 answer(reply, result)
             });
         }
+        NodeRequest::RouterStats { .. } => {
+            answer(reply, Err(ApiError::invalid("router statistics are kept by fronts, not storage nodes")));
+        }
         NodeRequest::Deploy(action) => {
             let node = node.clone();
             tokio::spawn(async move { answer(reply, crate::deploy::act(&node, action).await) });

@@ -39,14 +39,46 @@ impl NodeClient {
         let Some(router) = ractor::pg::get_members(&node_group(node)).into_iter().next() else {
             return Err(unavailable("it is not connected".into()));
         };
-        let router: ActorRef<NodeMessage> = router.into();
-        let bytes = codec::encode(request).map_err(|e| ApiError::internal("encode request", e))?;
-        match router.call(|port| NodeMessage::Call(bytes, port), Some(timeout)).await {
-            Ok(CallResult::Success(reply)) => codec::decode::<Result<NodeReply, ApiError>>(&reply)
-                .map_err(|e| ApiError::internal("decode reply", e))?,
-            Ok(CallResult::Timeout) => Err(unavailable(format!("no answer within {timeout:?}"))),
-            Ok(CallResult::SenderError) => Err(unavailable("it dropped the request".into())),
-            Err(_) => Err(unavailable("its router actor is gone".into())),
+        call_actor(router.into(), request, timeout).await.map_err(|reason| match reason {
+            CallError::Unavailable(reason) => unavailable(reason),
+            CallError::Api(error) => error,
+        })?
+    }
+
+    /// Sends `request` to every member of process group `group` (the fronts' router actors)
+    /// in turn, and returns the answers of those that answered within `timeout`.
+    pub async fn call_group(&self, group: &str, request: &NodeRequest, timeout: Duration) -> Vec<NodeReply> {
+        let mut answers = Vec::new();
+        for member in ractor::pg::get_members(&group.to_owned()) {
+            if let Ok(Ok(reply)) = call_actor(member.into(), request, timeout).await {
+                answers.push(reply);
+            }
         }
+        answers
+    }
+}
+
+/// Why a call got no decoded answer.
+enum CallError {
+    /// The actor did not answer.
+    Unavailable(String),
+    /// The answer could not be encoded or decoded.
+    Api(ApiError),
+}
+
+/// One call of an actor that answers [`NodeMessage::Call`]: its decoded result, or why there
+/// was none.
+async fn call_actor(
+    actor: ActorRef<NodeMessage>,
+    request: &NodeRequest,
+    timeout: Duration,
+) -> Result<Result<NodeReply, ApiError>, CallError> {
+    let bytes = codec::encode(request).map_err(|e| CallError::Api(ApiError::internal("encode request", e)))?;
+    match actor.call(|port| NodeMessage::Call(bytes, port), Some(timeout)).await {
+        Ok(CallResult::Success(reply)) => codec::decode::<Result<NodeReply, ApiError>>(&reply)
+            .map_err(|e| CallError::Api(ApiError::internal("decode reply", e))),
+        Ok(CallResult::Timeout) => Err(CallError::Unavailable(format!("no answer within {timeout:?}"))),
+        Ok(CallResult::SenderError) => Err(CallError::Unavailable("it dropped the request".into())),
+        Err(_) => Err(CallError::Unavailable("its actor is gone".into())),
     }
 }

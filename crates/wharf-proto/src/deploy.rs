@@ -300,3 +300,28 @@ pub struct InstanceRecord {
     /// When it was created.
     pub created_ms: u64,
 }
+
+/// What an application router has counted for one instance since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct InstanceTraffic {
+    /// The instance.
+    pub instance: u64,
+    /// Requests passed to it.
+    pub requests: u64,
+    /// Of those, the ones it answered with a 5xx or did not answer.
+    pub errors: u64,
+    /// The sum of their durations, in milliseconds.
+    pub latency_ms: u64,
+}
+
+impl InstanceTraffic {
+    /// The counts from `earlier` to `self` (both of the same instance).
+    pub fn since(&self, earlier: &InstanceTraffic) -> InstanceTraffic {
+        InstanceTraffic {
+            instance: self.instance,
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            latency_ms: self.latency_ms.saturating_sub(earlier.latency_ms),
+        }
+    }
+}

@@ -27,7 +27,7 @@ pub use directory::Directory;
 pub use error::ApiError;
 pub use ids::{NodeId, RepoId, RepoName, SessionId};
 pub use message::{
-    node_group, CiAction, CommitFilesRequest, DeployAction, FileAction, FileActionKind, GitService, ImportRepo, MergeRequest,
+    node_group, CiAction, ROUTERS_GROUP, CommitFilesRequest, DeployAction, FileAction, FileActionKind, GitService, ImportRepo, MergeRequest,
     MergeStrategy, NodeMessage, NodeReply, NodeRequest, NodeStats, OpenSession, RepoRequest, SessionChunk,
 };
 pub use records::{

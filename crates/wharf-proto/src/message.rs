@@ -9,7 +9,7 @@ use ractor::RpcReplyPort;
 use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
 
-use crate::deploy::{DeploymentKind, EnvConfig};
+use crate::deploy::{DeploymentKind, EnvConfig, InstanceTraffic};
 use crate::views::*;
 use crate::{NodeId, PipelineRecord, RepoId, RepoName, RepoRecord, SessionId, Variable};
 
@@ -26,6 +26,10 @@ pub enum NodeMessage {
 pub fn node_group(id: NodeId) -> String {
     format!("wharf.node.{id}")
 }
+
+/// The process group in which every front registers its router-statistics actor, which
+/// answers [`NodeRequest::RouterStats`].
+pub const ROUTERS_GROUP: &str = "wharf.routers";
 
 /// A request to a storage node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,6 +142,12 @@ pub enum NodeRequest {
     /// proposes it to Raft. Replies [`NodeReply::Id`] for what was created, else
     /// [`NodeReply::Done`].
     Deploy(DeployAction),
+    /// To a front's router-statistics actor: what its application router has seen of these
+    /// instances since it started. Replies [`NodeReply::RouterStats`].
+    RouterStats {
+        /// The instances.
+        instances: Vec<u64>,
+    },
 }
 
 /// A user's change to environments and deployments (see [`NodeRequest::Deploy`]).
@@ -489,6 +499,8 @@ pub enum NodeReply {
     Pipeline(PipelineRecord),
     /// The id of what was created.
     Id(u64),
+    /// Requests per instance, as one front's router saw them (see [`NodeRequest::RouterStats`]).
+    RouterStats(Vec<InstanceTraffic>),
 }
 
 /// A node's live figures.

@@ -7,15 +7,15 @@
 //! become healthy (an unhealthy new instance, or the progress deadline) is rolled back to the
 //! environment's last good revision with the same strategy, once: a failed rollback fails.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use wharf_meta::DeployCommand;
 use wharf_proto::deploy::{
-    DeploymentKind, DeploymentRecord, DeploymentStatus, InstanceHealth, InstanceRecord, Release,
+    DeploymentKind, DeploymentRecord, DeploymentStatus, InstanceHealth, InstanceRecord, InstanceTraffic, Release, Strategy,
 };
-use wharf_proto::{ApiError, NodeReply, NodeRequest, NodeState, RepoRequest};
+use wharf_proto::{ApiError, NodeReply, NodeRequest, NodeState, RepoRequest, ROUTERS_GROUP};
 
 use super::strategy::{next_step, Situation, Step};
 use crate::NodeContext;
@@ -123,6 +123,9 @@ struct Control<'a> {
     /// When the current phase (the rollout, or the rollback) started, for its deadline.
     phase_started_ms: u64,
     last_details: String,
+    /// The canary step being watched: its index, when its pause began, and the router's
+    /// counts for the new set then.
+    canary: Option<(usize, u64, BTreeMap<u64, InstanceTraffic>)>,
 }
 
 impl Control<'_> {
@@ -189,6 +192,7 @@ async fn drive(node: &Arc<NodeContext>, id: u64) -> Result<(), ApiError> {
         id,
         phase_started_ms: crate::now_ms(),
         last_details: String::new(),
+        canary: None,
     };
     let mut last_renewal = crate::now_ms();
     loop {
@@ -242,10 +246,18 @@ async fn step(control: &mut Control<'_>, record: &DeploymentRecord) -> Result<()
         directory.instances(Some(record.env)).into_iter().filter(|i| i.health != InstanceHealth::Stopped).collect();
     let now_ms = crate::now_ms();
     let deadline = release.settings.progress_deadline_ms;
+    // A failed canary goes back at once: the stable set still runs and takes all traffic again.
+    let strategy = match (&release.settings.strategy, record.reverting_to) {
+        (Strategy::Canary { .. }, Some(_)) => Strategy::BlueGreen {
+            auto_promote: true,
+            scale_down_delay_ms: 0,
+        },
+        (strategy, _) => strategy.clone(),
+    };
     let situation = Situation {
         target,
         desired: release.settings.instances,
-        strategy: &release.settings.strategy,
+        strategy: &strategy,
         instances: &instances,
         promoted: record.promoted,
         now_ms,
@@ -276,6 +288,7 @@ async fn step(control: &mut Control<'_>, record: &DeploymentRecord) -> Result<()
             Ok(())
         }
         Step::Failed(reason) => fail(control, record, reason).await,
+        Step::Analyze { index, share } => analyze(control, record, &strategy, &instances, target, index, share).await,
         Step::AwaitPromotion if record.status == DeploymentStatus::Paused => Ok(()),
         Step::AwaitPromotion => {
             control
@@ -314,6 +327,83 @@ async fn step(control: &mut Control<'_>, record: &DeploymentRecord) -> Result<()
             control.update(Update::details(details)).await
         }
     }
+}
+
+/// One canary step: after its pause, the new set's error rate as the fronts' routers saw it
+/// decides between the next step and an abort.
+async fn analyze(
+    control: &mut Control<'_>,
+    record: &DeploymentRecord,
+    strategy: &Strategy,
+    instances: &[InstanceRecord],
+    target: u64,
+    index: usize,
+    share: u32,
+) -> Result<(), ApiError> {
+    let Strategy::Canary { steps, pause_ms, max_error_rate } = strategy else { return Ok(()) };
+    let new_ids: Vec<u64> = instances.iter().filter(|i| i.revision == target).map(|i| i.id).collect();
+    let now_ms = crate::now_ms();
+    if control.canary.as_ref().is_none_or(|(watched, _, _)| *watched != index) {
+        let baseline = router_traffic(control.node, &new_ids).await;
+        control.canary = Some((index, now_ms, baseline));
+        return control
+            .update(Update {
+                details: Some(format!("canary at {share}%")),
+                event: Some(format!("canary at {share}%; checking for {} s", pause_ms / 1000)),
+                ..Update::default()
+            })
+            .await;
+    }
+    let Some((_, started_ms, baseline)) = &control.canary else { return Ok(()) };
+    if now_ms.saturating_sub(*started_ms) < *pause_ms {
+        return Ok(());
+    }
+    let current = router_traffic(control.node, &new_ids).await;
+    let (requests, errors) = current.values().fold((0, 0), |(requests, errors), now| {
+        let seen = now.since(baseline.get(&now.instance).unwrap_or(&InstanceTraffic::default()));
+        (requests + seen.requests, errors + seen.errors)
+    });
+    let rate = if requests == 0 { 0.0 } else { errors as f64 / requests as f64 };
+    if rate > *max_error_rate {
+        let reason = format!(
+            "canary at {share}%: {errors} of {requests} requests failed ({:.1}%, the most allowed is {:.1}%)",
+            rate * 100.0,
+            max_error_rate * 100.0
+        );
+        return fail(control, record, reason).await;
+    }
+    let next = steps.get(index + 1).copied().unwrap_or(100);
+    control
+        .update(Update {
+            event: Some(format!("canary at {share}%: {errors} of {requests} requests failed; on to {next}%")),
+            ..Update::default()
+        })
+        .await?;
+    let new: Vec<&InstanceRecord> = instances.iter().filter(|i| i.revision == target).collect();
+    let old: Vec<&InstanceRecord> = instances.iter().filter(|i| i.revision != target).collect();
+    let weights = super::strategy::switch_weights(&new, &old, next);
+    super::write(control.node, DeployCommand::SetWeights { weights, now_ms }).await.map(drop)
+}
+
+/// What every front's router has counted for `instances`, added up.
+async fn router_traffic(node: &NodeContext, instances: &[u64]) -> BTreeMap<u64, InstanceTraffic> {
+    let request = NodeRequest::RouterStats {
+        instances: instances.to_vec(),
+    };
+    let mut total: BTreeMap<u64, InstanceTraffic> = BTreeMap::new();
+    for reply in node.peers.call_group(ROUTERS_GROUP, &request, Duration::from_secs(2)).await {
+        let NodeReply::RouterStats(counts) = reply else { continue };
+        for count in counts {
+            let sum = total.entry(count.instance).or_insert(InstanceTraffic {
+                instance: count.instance,
+                ..InstanceTraffic::default()
+            });
+            sum.requests += count.requests;
+            sum.errors += count.errors;
+            sum.latency_ms += count.latency_ms;
+        }
+    }
+    total
 }
 
 /// A release that cannot become healthy: roll back to the last good revision once, or fail.

@@ -22,6 +22,14 @@ pub(crate) enum Step {
     Failed(String),
     /// Blue-green without auto promotion: the new set is ready and waits for a promote call.
     AwaitPromotion,
+    /// A canary step's traffic is in place: after its pause, the new set's error rate decides
+    /// between the next step and an abort.
+    Analyze {
+        /// The step's index in the strategy's steps.
+        index: usize,
+        /// Its percentage of traffic on the new set.
+        share: u32,
+    },
     /// Every instance runs the target revision.
     Done,
     /// Nothing to do until instances change; the words say how far it is.
@@ -93,9 +101,7 @@ pub(crate) fn next_step(situation: &Situation) -> Step {
             auto_promote,
             scale_down_delay_ms,
         } => blue_green(situation, *auto_promote || situation.promoted, *scale_down_delay_ms),
-        // Until the router's figures reach the controller, a canary rolls one instance at a
-        // time, as the most careful rolling update does.
-        Strategy::Canary { .. } => rolling(situation, 1, 0, 0),
+        Strategy::Canary { steps, .. } => canary(situation, steps),
     }
 }
 
@@ -145,7 +151,8 @@ fn blue_green(situation: &Situation, promote: bool, scale_down_delay_ms: u64) ->
         };
     }
     let ready = new.iter().filter(|i| situation.is_ready(i, 0)).count();
-    let switched = new.iter().all(|i| i.weight > 0);
+    let old = situation.old_set();
+    let switched = new.iter().all(|i| i.weight > 0) && old.iter().all(|i| i.weight == 0);
     if !switched {
         if ready < desired {
             return Step::Wait(format!("{ready} of {desired} new instances healthy"));
@@ -154,18 +161,70 @@ fn blue_green(situation: &Situation, promote: bool, scale_down_delay_ms: u64) ->
             return Step::AwaitPromotion;
         }
         // One change moves all traffic: the new set in, the old set out.
-        let mut weights: Vec<(u64, u32)> = new.iter().map(|i| (i.id, 1)).collect();
-        weights.extend(situation.old_set().iter().filter(|i| i.weight > 0).map(|i| (i.id, 0)));
-        return Step::Weights(weights);
+        return Step::Weights(switch_weights(&new, &old, 100));
     }
     let drained = situation.drained(scale_down_delay_ms.max(DRAIN_MS));
     if !drained.is_empty() {
         return Step::Stop(drained);
     }
-    if situation.old_set().is_empty() {
+    if old.is_empty() {
         return Step::Done;
     }
     Step::Wait(format!("promoted; the old set stays for {} s for an instant rollback", scale_down_delay_ms / 1000))
+}
+
+fn canary(situation: &Situation, steps: &[u32]) -> Step {
+    let desired = situation.desired as usize;
+    let new = situation.new_set();
+    if new.len() < desired {
+        return Step::Start {
+            count: (desired - new.len()) as u32,
+            weight: 0,
+        };
+    }
+    let ready = new.iter().filter(|i| situation.is_ready(i, 0)).count();
+    if ready < desired {
+        return Step::Wait(format!("{ready} of {desired} canary instances healthy"));
+    }
+    let old: Vec<&InstanceRecord> = situation.old_set();
+    let share = new_share(&new, &old);
+    let first = steps.first().copied().unwrap_or(100);
+    let Some(index) = steps.iter().position(|step| *step == share).filter(|_| share > 0) else {
+        // Not on a step yet (or no more): the first step above the current share.
+        let next = steps.iter().copied().find(|step| *step > share).unwrap_or(first);
+        return Step::Weights(switch_weights(&new, &old, next));
+    };
+    if share < 100 {
+        return Step::Analyze { index, share };
+    }
+    let drained = situation.drained(DRAIN_MS);
+    if !drained.is_empty() {
+        return Step::Stop(drained);
+    }
+    if old.is_empty() {
+        return Step::Done;
+    }
+    Step::Wait("canary at 100%: the old set drains".into())
+}
+
+/// The percentage of traffic weight on `new` (100 when nothing else serves).
+fn new_share(new: &[&InstanceRecord], old: &[&InstanceRecord]) -> u32 {
+    let new_weight: u64 = new.iter().map(|i| i.weight as u64).sum();
+    let old_weight: u64 = old.iter().filter(|i| i.health == InstanceHealth::Healthy).map(|i| i.weight as u64).sum();
+    if new_weight + old_weight == 0 {
+        return 0;
+    }
+    ((new_weight * 100 + (new_weight + old_weight) / 2) / (new_weight + old_weight)) as u32
+}
+
+/// Weights that put `share` percent of traffic on `new` and the rest on `old`.
+pub(crate) fn switch_weights(new: &[&InstanceRecord], old: &[&InstanceRecord], share: u32) -> Vec<(u64, u32)> {
+    let serving_old: Vec<&&InstanceRecord> = old.iter().filter(|i| i.retiring_since_ms.is_none() || i.weight > 0).collect();
+    let (new_count, old_count) = (new.len().max(1) as u32, serving_old.len().max(1) as u32);
+    let (new_weight, old_weight) = if share >= 100 { (1, 0) } else { (share * old_count, (100 - share) * new_count) };
+    let mut weights: Vec<(u64, u32)> = new.iter().map(|i| (i.id, new_weight)).collect();
+    weights.extend(serving_old.iter().map(|i| (i.id, old_weight)));
+    weights
 }
 
 #[cfg(test)]
@@ -238,5 +297,24 @@ mod tests {
         assert_eq!(step(&blue_green, &set, 20), Step::Weights(vec![(3, 1), (4, 1), (1, 0), (2, 0)]));
         let manual = Strategy::BlueGreen { auto_promote: false, scale_down_delay_ms: 5000 };
         assert_eq!(step(&manual, &set, 20), Step::AwaitPromotion);
+    }
+
+    #[test]
+    fn a_canary_moves_traffic_in_steps_and_analyzes_each() {
+        use InstanceHealth::*;
+        let canary = Strategy::Canary { steps: vec![25, 100], pause_ms: 1000, max_error_rate: 0.01 };
+        let mut set = vec![instance(1, 1, Healthy, 1), instance(2, 1, Healthy, 1), instance(3, 2, Healthy, 0), instance(4, 2, Healthy, 0)];
+        assert_eq!(step(&canary, &set, 10), Step::Weights(vec![(3, 50), (4, 50), (1, 150), (2, 150)]), "25% on the canary");
+        for (instance, weight) in [(3, 50), (4, 50), (1, 150), (2, 150)] {
+            set.iter_mut().find(|i| i.id == instance).unwrap().weight = weight;
+        }
+        assert_eq!(step(&canary, &set, 20), Step::Analyze { index: 0, share: 25 });
+        for (instance, weight) in [(3, 1), (4, 1), (1, 0), (2, 0)] {
+            let record = set.iter_mut().find(|i| i.id == instance).unwrap();
+            record.weight = weight;
+            record.retiring_since_ms = (weight == 0).then_some(30);
+        }
+        assert!(matches!(step(&canary, &set, 40), Step::Wait(_)), "the old set drains");
+        assert_eq!(step(&canary, &set, 30 + DRAIN_MS), Step::Stop(vec![1, 2]));
     }
 }
