@@ -25,6 +25,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *args):
         pass
+print("version %s listening on %s" % (VERSION, os.environ["PORT"]), flush=True)
 http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
 "#;
 
@@ -342,4 +343,81 @@ fn a_canary_shifts_traffic_by_its_steps_and_a_failing_canary_is_aborted() {
         last.len() == 20 && last.iter().all(|v| v == "v2")
     });
     assert_eq!(wharf.get(&format!("/api/v1/environments/{staging}")).json["current_revision"], 2);
+}
+
+#[test]
+fn the_cli_and_the_event_stream_follow_a_deployment_and_instance_output_is_readable() {
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(data.path());
+    wharf.create_repo("acme/shop");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(wharf_tests::wharf_binary())
+            .args(args)
+            .env("WHARF_URL", &wharf.url)
+            .env("WHARF_TOKEN", &wharf.token)
+            .output()
+            .unwrap()
+    };
+    let created = cli(&["env", "create", "acme/shop", "production", "--protected", "--memory", "1"]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let production: Value = serde_json::from_slice(&created.stdout).unwrap();
+    let production = production["env_id"].as_u64().unwrap();
+    let app = App::new("{ type: rolling, max_surge: 1, max_unavailable: 0 }");
+    app.push(&wharf, "v1");
+    wait_until("the pipeline passes", Duration::from_secs(60), || {
+        wharf.get("/api/v1/repos/acme/shop/pipelines").json["pipelines"][0]["status"] == "passed"
+    });
+
+    // Start through the API and follow the event stream from the first event to the end.
+    let started = wharf.post("/api/v1/deployments", json!({"repo_url": "acme/shop", "branch_name": "main", "env_id": production}));
+    let id = started.json["deployment_id"].as_u64().unwrap();
+    let stream = reqwest::blocking::Client::new()
+        .get(format!("{}/api/v1/deployments/{id}/events", wharf.url))
+        .send()
+        .unwrap();
+    let mut events = Vec::new();
+    let mut end = Value::Null;
+    let mut kind = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stream)) {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("event:") {
+            kind = rest.trim().to_owned();
+        } else if let Some(data) = line.strip_prefix("data:") {
+            let value: Value = serde_json::from_str(data.trim()).unwrap();
+            match kind.as_str() {
+                "event" => events.push(value["message"].as_str().unwrap().to_owned()),
+                "end" => {
+                    end = value;
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(end["status"], "completed", "{end:#}");
+    assert_eq!(end["progress"], json!({"phase": "finished", "percent": 100}));
+    assert_eq!(events.first().map(String::as_str), Some("revision 1 asked for"));
+    assert_eq!(events.last().map(String::as_str), Some("revision 1 serves"), "{events:?}");
+
+    // The instance's own output, read from the node that runs it.
+    let instance = wharf.get(&format!("/api/v1/environments/{production}")).json["instances"][0].clone();
+    let log = wharf.get(&format!("/api/v1/environments/{production}/instances/{}/log", instance["id"]));
+    assert_eq!(String::from_utf8_lossy(&log.bytes), format!("version v1 listening on {}\n", instance["port"]));
+    assert_eq!(wharf.get(&format!("/api/v1/environments/{production}/instances/999/log")).status, 404);
+
+    // The CLI deploys the next commit and follows it to the end.
+    app.push(&wharf, "v2");
+    wait_until("the pipeline passes", Duration::from_secs(60), || {
+        wharf.get("/api/v1/repos/acme/shop/pipelines").json["pipelines"][0]["status"] == "passed"
+    });
+    let output = cli(&["deployment", "start", "acme/shop", "main", "--env", &production.to_string()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("  revision 2 serves\n"), "{stdout}");
+    assert!(stdout.contains("[completed] revision 2: finished 100%"), "{stdout}");
+    let listed = String::from_utf8(cli(&["env", "list", "acme/shop"]).stdout).unwrap();
+    assert!(listed.lines().any(|l| l.contains("production") && l.contains(" 2 ")), "{listed}");
+    let rollback = cli(&["env", "rollback", &production.to_string(), "1"]);
+    assert!(rollback.status.success(), "{}", String::from_utf8_lossy(&rollback.stdout));
+    assert_eq!(version_of(&String::from_utf8_lossy(&wharf.get("/apps/acme/shop/production/").bytes)), "v1");
 }

@@ -42,6 +42,8 @@ pub(crate) fn routes() -> Router<Shared> {
         .route("/api/v1/deployments/status", get(deployment_status))
         .route("/api/v1/deployments/{id}", get(show_deployment))
         .route("/api/v1/deployments/{id}/promote", post(promote))
+        .route("/api/v1/deployments/{id}/events", get(deployment_events))
+        .route("/api/v1/environments/{id}/instances/{instance}/log", get(instance_log))
         .route("/apps/{owner}/{name}/{env}", any(app))
         .route("/apps/{owner}/{name}/{env}/", any(app))
         .route("/apps/{owner}/{name}/{env}/{*rest}", any(app))
@@ -159,10 +161,34 @@ fn environment_json(state: &FrontState, env: &EnvironmentRecord) -> Value {
     body
 }
 
-fn deployment_json(deployment: &DeploymentRecord) -> Value {
+fn deployment_json(state: &FrontState, deployment: &DeploymentRecord) -> Value {
     let mut body = json!(deployment);
     body["deployment_id"] = json!(deployment.id);
+    body["progress"] = progress(state, deployment);
     body
+}
+
+/// How far a deployment is: its phase, and the percentage of the instances it wants that run
+/// its target revision healthy and in traffic.
+fn progress(state: &FrontState, deployment: &DeploymentRecord) -> Value {
+    use wharf_proto::deploy::DeploymentStatus::*;
+    let target = deployment.reverting_to.unwrap_or(deployment.revision);
+    let desired = deployment.release.as_ref().map_or(0, |r| r.settings.instances) as usize;
+    let serving = state
+        .directory
+        .instances(Some(deployment.env))
+        .iter()
+        .filter(|i| i.revision == target && i.health == InstanceHealth::Healthy && i.weight > 0)
+        .count();
+    let (phase, percent) = match deployment.status {
+        Pending => ("waiting", 0),
+        InProgress if deployment.release.is_none() => ("planning", 0),
+        InProgress if deployment.reverting_to.is_some() => ("rolling back", serving * 100 / desired.max(1)),
+        InProgress => ("rolling out", serving * 100 / desired.max(1)),
+        Paused => ("waiting for promotion", 0),
+        Completed | RolledBack | Failed => ("finished", 100),
+    };
+    json!({"phase": phase, "percent": percent.min(100)})
 }
 
 /// Checks an environment's name: it is part of a URL and of a host name.
@@ -284,7 +310,7 @@ async fn update_environment(
 async fn history(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     reader(&state, &headers)?;
     environment_of(&state, id)?;
-    let deployments: Vec<Value> = state.directory.deployments(Some(id)).iter().rev().map(deployment_json).collect();
+    let deployments: Vec<Value> = state.directory.deployments(Some(id)).iter().rev().map(|d| deployment_json(&state, d)).collect();
     json_ok(json!({ "deployments": deployments }))
 }
 
@@ -376,7 +402,73 @@ async fn show_deployment(State(state): State<Shared>, headers: HeaderMap, JsonPa
     let deployment = state.directory.deployment(id).ok_or_else(|| ApiError::NotFound {
         what: format!("deployment {id}"),
     })?;
-    json_ok(deployment_json(&deployment))
+    json_ok(deployment_json(&state, &deployment))
+}
+
+/// A deployment's events live, as Server-Sent Events: `event` for each line of its history
+/// (the id is its index, so `Last-Event-ID` resumes), `status` when its status or details
+/// change, and a final `end`.
+async fn deployment_events(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    reader(&state, &headers)?;
+    state.directory.deployment(id).ok_or_else(|| ApiError::NotFound {
+        what: format!("deployment {id}"),
+    })?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(0, |last| last + 1);
+    let start = (state, resume, String::new(), false);
+    let stream = futures::stream::unfold(start, move |(state, mut next, mut last_status, ended)| async move {
+        if ended {
+            return None;
+        }
+        loop {
+            let Some(deployment) = state.directory.deployment(id) else { return None };
+            if let Some(event) = deployment.events.get(next) {
+                let sent = Event::default().event("event").id(next.to_string()).data(json!(event).to_string());
+                next += 1;
+                return Some((Ok::<_, std::convert::Infallible>(sent), (state, next, last_status, false)));
+            }
+            let status = json!({"status": deployment.status, "details": deployment.details, "progress": progress(&state, &deployment)}).to_string();
+            if status != last_status {
+                last_status = status.clone();
+                let finished = deployment.status.is_finished();
+                let kind = if finished { "end" } else { "status" };
+                return Some((Ok(Event::default().event(kind).data(status)), (state, next, last_status, finished)));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// The output of one instance, read from the node that runs it.
+async fn instance_log(State(state): State<Shared>, headers: HeaderMap, JsonPath((env, id)): JsonPath<(u64, u64)>) -> ApiResult {
+    reader(&state, &headers)?;
+    let instance = state
+        .directory
+        .instances(Some(env))
+        .into_iter()
+        .find(|i| i.id == id)
+        .ok_or_else(|| ApiError::NotFound {
+            what: format!("instance {id} of environment {env}"),
+        })?;
+    let mut log = Vec::new();
+    loop {
+        let request = NodeRequest::InstanceLog { instance: id, offset: log.len() as u64 };
+        match state.nodes.call(instance.node, &request).await? {
+            NodeReply::Chunk(chunk) => {
+                log.extend(chunk.data);
+                if chunk.eof {
+                    break;
+                }
+            }
+            other => return Err(unexpected(other).into()),
+        }
+    }
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], log).into_response())
 }
 
 async fn promote(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {

@@ -151,6 +151,16 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
                 answer(reply, result)
             });
         }
+        NodeRequest::InstanceLog { instance, offset } => {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let read = tokio::task::spawn_blocking(move || crate::deploy::read_instance_log(&node, instance, offset)).await;
+                let result = read
+                    .map_err(|e| ApiError::internal("read instance log", e))
+                    .and_then(|chunk| chunk.map(NodeReply::Chunk));
+                answer(reply, result)
+            });
+        }
         NodeRequest::RouterStats { .. } => {
             answer(reply, Err(ApiError::invalid("router statistics are kept by fronts, not storage nodes")));
         }

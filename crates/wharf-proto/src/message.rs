@@ -148,6 +148,14 @@ pub enum NodeRequest {
         /// The instances.
         instances: Vec<u64>,
     },
+    /// Read the output of a deployed instance that runs (or ran) on this node, from `offset`.
+    /// Replies [`NodeReply::Chunk`].
+    InstanceLog {
+        /// The instance.
+        instance: u64,
+        /// Where to read from.
+        offset: u64,
+    },
 }
 
 /// A user's change to environments and deployments (see [`NodeRequest::Deploy`]).

@@ -7,6 +7,7 @@
 
 mod bootstrap;
 mod ci_client;
+mod deploy_client;
 mod client;
 mod cluster;
 mod dev;
@@ -92,6 +93,20 @@ enum Command {
         #[command(subcommand)]
         command: ci_client::VariableCommand,
     },
+    /// Manage environments; roll one back.
+    Env {
+        #[command(flatten)]
+        server: client::Server,
+        #[command(subcommand)]
+        command: deploy_client::EnvCommand,
+    },
+    /// Start, follow and promote deployments.
+    Deployment {
+        #[command(flatten)]
+        server: client::Server,
+        #[command(subcommand)]
+        command: deploy_client::DeploymentCommand,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -126,6 +141,8 @@ fn main() -> std::process::ExitCode {
             Command::Pipeline { server, command } => ci_client::pipeline(server, command).await,
             Command::Job { server, command } => ci_client::job(server, command).await,
             Command::Variable { server, command } => ci_client::variable(server, command).await,
+            Command::Env { server, command } => deploy_client::env(server, command).await,
+            Command::Deployment { server, command } => deploy_client::deployment(server, command).await,
         }
     });
     match result {

@@ -145,9 +145,11 @@ async fn start(node: &Arc<NodeContext>, record: &InstanceRecord) -> Result<tokio
     let env = directory.environment(record.env).ok_or("its environment is gone")?;
     let dir = fetch_artifacts(node, release.artifact_job).await?;
     let port = free_port().map_err(|e| format!("no free port: {e}"))?;
-    let logs = node.config.data_dir.join("deploy").join("logs");
-    std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
-    let log = std::fs::File::create(logs.join(format!("instance-{}.log", record.id))).map_err(|e| e.to_string())?;
+    let log_file = instance_log_path(node, record.id);
+    if let Some(logs) = log_file.parent() {
+        std::fs::create_dir_all(logs).map_err(|e| e.to_string())?;
+    }
+    let log = std::fs::File::create(&log_file).map_err(|e| e.to_string())?;
     // The memory limit is an address-space limit: what the shell can set on any Unix.
     let limit = if env.config.memory > 0.0 {
         format!("ulimit -v {} 2>/dev/null; ", (env.config.memory * 1024.0 * 1024.0) as u64)
@@ -180,6 +182,27 @@ async fn start(node: &Arc<NodeContext>, record: &InstanceRecord) -> Result<tokio
         .map_err(|e| e.to_string())?;
     tracing::info!(instance = record.id, env = %env.name, revision = record.revision, port, "instance started");
     Ok(child)
+}
+
+/// Where instance `id`'s output goes on this node.
+fn instance_log_path(node: &NodeContext, id: u64) -> PathBuf {
+    node.config.data_dir.join("deploy").join("logs").join(format!("instance-{id}.log"))
+}
+
+/// Reads up to [`wharf_proto::MAX_CHUNK_BYTES`] of instance `id`'s output from `offset`; `eof`
+/// once everything written so far has been read.
+pub(crate) fn read_instance_log(node: &NodeContext, id: u64, offset: u64) -> Result<wharf_proto::SessionChunk, ApiError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(instance_log_path(node, id)).map_err(|_| ApiError::NotFound {
+        what: format!("the log of instance {id}"),
+    })?;
+    file.seek(SeekFrom::Start(offset)).map_err(|e| ApiError::internal("seek", e))?;
+    let mut data = Vec::new();
+    file.take(wharf_proto::MAX_CHUNK_BYTES as u64)
+        .read_to_end(&mut data)
+        .map_err(|e| ApiError::internal("read", e))?;
+    let eof = data.len() < wharf_proto::MAX_CHUNK_BYTES;
+    Ok(wharf_proto::SessionChunk { data, eof })
 }
 
 /// Checks health until the process ends or the record says stop, recording each change.
@@ -272,9 +295,11 @@ async fn check(port: u16, health: &HealthCheck) -> bool {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
         let request = format!("GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", health.path);
         stream.write_all(request.as_bytes()).await.ok()?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await.ok()?;
-        let status: u16 = std::str::from_utf8(&head[9..12]).ok()?.parse().ok()?;
+        // Read the whole answer (the instance closes the connection after it), so that the
+        // instance never writes to a connection its checker has already dropped.
+        let mut answer = Vec::new();
+        (&mut stream).take(64 * 1024).read_to_end(&mut answer).await.ok()?;
+        let status: u16 = std::str::from_utf8(answer.get(9..12)?).ok()?.parse().ok()?;
         Some((200..400).contains(&status))
     };
     tokio::time::timeout(Duration::from_millis(health.timeout_ms.max(10)), attempt)

@@ -17,7 +17,7 @@ use wharf_proto::deploy::DeploymentKind;
 use wharf_proto::{ApiError, DeployAction, NodeReply, PipelineRecord, PipelineStatus, RepoRequest};
 
 pub(crate) use controller::{spawn_controllers, Controllers};
-pub(crate) use driver::{spawn_driver, Driver};
+pub(crate) use driver::{read_instance_log, spawn_driver, Driver};
 
 use crate::NodeContext;
 
