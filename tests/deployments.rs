@@ -57,15 +57,20 @@ deploy:
 /// A working copy of the application that pushes versions.
 struct App {
     work: tempfile::TempDir,
+    repo: String,
 }
 
 impl App {
     fn new(strategy: &str) -> App {
+        App::for_repo("acme/shop", strategy)
+    }
+
+    fn for_repo(repo: &str, strategy: &str) -> App {
         let work = tempfile::tempdir().unwrap();
         std::fs::write(work.path().join("app.py"), APP).unwrap();
         std::fs::write(work.path().join(".wharf.yml"), pipeline_file(strategy)).unwrap();
         git_ok(work.path(), &["init", "-q"]);
-        App { work }
+        App { work, repo: repo.to_owned() }
     }
 
     /// Commits `version` and pushes it; returns the commit.
@@ -73,7 +78,7 @@ impl App {
         std::fs::write(self.work.path().join("VERSION"), format!("{version}\n")).unwrap();
         git_ok(self.work.path(), &["add", "."]);
         git_ok(self.work.path(), &["commit", "-qm", version]);
-        git_ok(self.work.path(), &["push", "-q", &wharf.push_url("acme/shop"), "HEAD:main"]);
+        git_ok(self.work.path(), &["push", "-q", &wharf.push_url(&self.repo), "HEAD:main"]);
         git_ok(self.work.path(), &["rev-parse", "HEAD"]).trim().to_owned()
     }
 }
@@ -140,7 +145,11 @@ fn version_of(text: &str) -> String {
 }
 
 fn create_environment(wharf: &Wharf, name: &str, protected: bool) -> u64 {
-    let body = json!({"project_id": "acme/shop", "env_name": name, "config": {"cpu": 1, "memory": 1, "storage": 1}, "protected": protected});
+    create_environment_of(wharf, "acme/shop", name, protected)
+}
+
+fn create_environment_of(wharf: &Wharf, repo: &str, name: &str, protected: bool) -> u64 {
+    let body = json!({"project_id": repo, "env_name": name, "config": {"cpu": 1, "memory": 1, "storage": 1}, "protected": protected});
     let created = wharf.post("/api/v1/environments", body);
     assert_eq!(created.status, 201, "{created:?}");
     assert_eq!(created.json["message"], "Environment created successfully");
@@ -420,4 +429,46 @@ fn the_cli_and_the_event_stream_follow_a_deployment_and_instance_output_is_reada
     let rollback = cli(&["env", "rollback", &production.to_string(), "1"]);
     assert!(rollback.status.success(), "{}", String::from_utf8_lossy(&rollback.stdout));
     assert_eq!(version_of(&String::from_utf8_lossy(&wharf.get("/apps/acme/shop/production/").bytes)), "v1");
+}
+
+/// Three nodes; node 1 owns the repository and runs the build, so the artifacts outlive the
+/// node that is killed. Mid-rollout a node that runs the controller or an instance is killed:
+/// the deployment still completes (its instances there are replaced elsewhere, its controller
+/// is taken over), and no request through the front fails.
+#[test]
+fn a_deployment_goes_on_when_a_node_dies_mid_rollout() {
+    use wharf_tests::cluster::{names_placed_on, LocalCluster};
+    let mut cluster = LocalCluster::start_with(3, |id| if id == 1 { Vec::new() } else { vec!["--runner-slots".into(), "0".into()] });
+    let repo = names_placed_on(1, 3, 1).remove(0);
+    cluster.front.create_repo(&repo);
+    let staging = create_environment_of(&cluster.front, &repo, "staging", false);
+    let app = App::for_repo(&repo, "{ type: rolling, max_surge: 1, max_unavailable: 0, min_ready: 2s }");
+    app.push(&cluster.front, "v1");
+    assert_eq!(settled(&cluster.front, staging, 1)["status"], "completed");
+    let (owner, name) = repo.split_once('/').unwrap();
+    let traffic = Traffic::start(format!("{}/apps/{owner}/{name}/staging/", cluster.front.url));
+    app.push(&cluster.front, "v2");
+
+    let mut victim = None;
+    wait_until("revision 2 rolls out with a new instance", Duration::from_secs(60), || {
+        let newest = cluster.front.get(&format!("/api/v1/environments/{staging}/deployments")).json["deployments"][0].clone();
+        let instances = cluster.front.get(&format!("/api/v1/environments/{staging}")).json["instances"].clone();
+        let rolling = newest["revision"] == 2 && newest["status"] == "in-progress";
+        let busy: Vec<u64> = instances.as_array().unwrap().iter().filter_map(|i| i["node"].as_u64()).collect();
+        let controller = newest["controller"].as_u64();
+        victim = controller.filter(|c| *c != 1).or_else(|| busy.iter().copied().find(|n| *n != 1));
+        rolling && victim.is_some() && instances.as_array().unwrap().iter().any(|i| i["revision"] == 2)
+    });
+    let victim = victim.unwrap();
+    cluster.kill_node(victim);
+
+    let second = settled(&cluster.front, staging, 2);
+    assert_eq!(second["status"], "completed", "{second:#}");
+    let instances = cluster.front.get(&format!("/api/v1/environments/{staging}")).json["instances"].clone();
+    let serving: Vec<&Value> = instances.as_array().unwrap().iter().filter(|i| i["health"] == "healthy").collect();
+    assert_eq!(serving.len(), 2, "{instances:#}");
+    assert!(serving.iter().all(|i| i["revision"] == 2 && i["node"] != victim), "{instances:#}");
+    wait_until("traffic is on v2", Duration::from_secs(10), || traffic.last_versions(10).iter().all(|v| v == "v2"));
+    let (failures, total) = traffic.failures();
+    assert!(failures.is_empty(), "{} of {total} requests failed when node {victim} died: {failures:?}", failures.len());
 }

@@ -138,7 +138,8 @@ async fn rebalance_once(node: &Arc<NodeContext>) {
     }
 }
 
-fn is_reachable(node: NodeId) -> bool {
+/// Whether node `node`'s router is in reach (its process runs and its session is up).
+pub(crate) fn is_reachable(node: NodeId) -> bool {
     !ractor::pg::get_members(&wharf_proto::node_group(node)).is_empty()
 }
 

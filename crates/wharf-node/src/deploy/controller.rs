@@ -88,6 +88,18 @@ async fn take_deployments(node: &Arc<NodeContext>) {
     }
 }
 
+/// Marks stopped the instances whose node is out of reach, so that the strategy starts their
+/// replacements elsewhere (and the router stops trying them). Whether it stopped any.
+async fn stop_lost_instances(node: &NodeContext, instances: &[InstanceRecord]) -> Result<bool, ApiError> {
+    let mut stopped = false;
+    for instance in instances.iter().filter(|i| !crate::mover::is_reachable(i.node)) {
+        let message = format!("its node {} is out of reach", instance.node);
+        super::write(node, DeployCommand::StopInstance { instance: instance.id, message }).await?;
+        stopped = true;
+    }
+    Ok(stopped)
+}
+
 /// Between deployments, at the Raft leader: an environment whose instance died or went
 /// unhealthy gets a new one, so it runs as many instances of its revision as it should.
 async fn repair_environments(node: &NodeContext) {
@@ -98,6 +110,9 @@ async fn repair_environments(node: &NodeContext) {
         let Some(release) = release_of(&directory.deployments(Some(env.id)), revision) else { continue };
         let instances: Vec<InstanceRecord> =
             directory.instances(Some(env.id)).into_iter().filter(|i| i.health != InstanceHealth::Stopped).collect();
+        if stop_lost_instances(node, &instances).await.unwrap_or(false) {
+            continue;
+        }
         let (live, dead): (Vec<&InstanceRecord>, Vec<&InstanceRecord>) =
             instances.iter().partition(|i| i.revision == revision && i.health != InstanceHealth::Unhealthy);
         for instance in dead {
@@ -244,6 +259,9 @@ async fn step(control: &mut Control<'_>, record: &DeploymentRecord) -> Result<()
     };
     let instances: Vec<InstanceRecord> =
         directory.instances(Some(record.env)).into_iter().filter(|i| i.health != InstanceHealth::Stopped).collect();
+    if stop_lost_instances(node, &instances).await? {
+        return Ok(());
+    }
     let now_ms = crate::now_ms();
     let deadline = release.settings.progress_deadline_ms;
     // A failed canary goes back at once: the stable set still runs and takes all traffic again.
@@ -453,7 +471,7 @@ async fn start_instance(node: &NodeContext, env: u64, revision: u64, weight: u32
     let target = directory
         .nodes()
         .into_iter()
-        .filter(|n| n.state == NodeState::Active)
+        .filter(|n| n.state == NodeState::Active && crate::mover::is_reachable(n.id))
         .min_by_key(|n| {
             let here = instances.iter().filter(|i| i.node == n.id).count();
             let total = all.iter().filter(|i| i.node == n.id && i.health != InstanceHealth::Stopped).count();
@@ -502,13 +520,17 @@ async fn plan(node: &NodeContext, record: &DeploymentRecord) -> Result<Release, 
     let spec = pipeline
         .deploy
         .ok_or_else(|| format!("{} at {} has no deploy section", wharf_ci::PIPELINE_FILE, short(&record.sha)))?;
-    let artifact_job = directory
-        .pipelines(repo.id, 100)
-        .into_iter()
-        .filter(|p| p.sha == record.sha)
-        .flat_map(|p| p.jobs)
-        .filter_map(|job| directory.job(job))
-        .find(|job| job.name == spec.from && job.status == wharf_proto::JobStatus::Passed && !job.artifacts.is_empty())
+    // The pipeline that passed may have passed a moment ago: this node's copy of the records
+    // can lag the leader's by a replication round, so look again for a few seconds.
+    let mut artifact_job = None;
+    for _ in 0..20 {
+        artifact_job = passed_artifact_job(node, repo.id, &record.sha, &spec.from);
+        if artifact_job.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let artifact_job = artifact_job
         .ok_or_else(|| format!("no passed run of job {:?} with artifacts at {}: run its pipeline first", spec.from, short(&record.sha)))?;
     Ok(Release {
         sha: record.sha.clone(),
@@ -517,6 +539,18 @@ async fn plan(node: &NodeContext, record: &DeploymentRecord) -> Result<Release, 
         health: spec.health.clone(),
         settings: spec.environment(&env.name),
     })
+}
+
+/// The newest passed run of job `name` with artifacts among the pipelines of `sha`.
+fn passed_artifact_job(node: &NodeContext, repo: wharf_proto::RepoId, sha: &str, name: &str) -> Option<wharf_proto::JobRecord> {
+    let directory = node.meta.directory();
+    directory
+        .pipelines(repo, 100)
+        .into_iter()
+        .filter(|p| p.sha == sha)
+        .flat_map(|p| p.jobs)
+        .filter_map(|job| directory.job(job))
+        .find(|job| job.name == name && job.status == wharf_proto::JobStatus::Passed && !job.artifacts.is_empty())
 }
 
 fn short(sha: &str) -> &str {
