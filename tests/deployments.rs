@@ -46,7 +46,7 @@ deploy:
       branch: main
       instances: 2
       strategy: {strategy}
-      progress_deadline: 30s
+      progress_deadline: 60s
     production:
       branch: main
       instances: 1
@@ -444,7 +444,8 @@ fn a_deployment_goes_on_when_a_node_dies_mid_rollout() {
     let staging = create_environment_of(&cluster.front, &repo, "staging", false);
     let app = App::for_repo(&repo, "{ type: rolling, max_surge: 1, max_unavailable: 0, min_ready: 2s }");
     app.push(&cluster.front, "v1");
-    assert_eq!(settled(&cluster.front, staging, 1)["status"], "completed");
+    let first = settled(&cluster.front, staging, 1);
+    assert_eq!(first["status"], "completed", "{first:#}");
     let (owner, name) = repo.split_once('/').unwrap();
     let traffic = Traffic::start(format!("{}/apps/{owner}/{name}/staging/", cluster.front.url));
     app.push(&cluster.front, "v2");

@@ -222,8 +222,8 @@ async fn supervise(node: &NodeContext, record: &InstanceRecord, child: &mut toki
             }
             () = stopped(stop) => return,
             _ = tokio::time::sleep(interval) => {
-                let passed = check(port, &health).await;
-                if let Some(change) = checks.record(passed) {
+                let answer = check(port, &health).await;
+                if let Some(change) = checks.record(answer) {
                     let message = (change == InstanceHealth::Unhealthy).then(|| format!("{} failed {} times in a row", health.path, health.unhealthy_threshold));
                     let _ = write(node, health_change(record.id, change, message)).await;
                 }
@@ -249,8 +249,13 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Consecutive results of an instance's checks, and its health as they decide it.
+///
+/// Until the instance first answers at all, a check it does not answer (nothing listens yet,
+/// or it is too slow while it starts) does not count: a slow start is judged by the progress
+/// deadline, not by the failure threshold. A wrong answer always counts.
 struct Checks {
     health: InstanceHealth,
+    answered_once: bool,
     successes: u32,
     failures: u32,
     healthy_threshold: u32,
@@ -261,6 +266,7 @@ impl Checks {
     fn new(health: &HealthCheck) -> Checks {
         Checks {
             health: InstanceHealth::Starting,
+            answered_once: false,
             successes: 0,
             failures: 0,
             healthy_threshold: health.healthy_threshold.max(1),
@@ -268,9 +274,14 @@ impl Checks {
         }
     }
 
-    /// Counts one check; returns the new health when it changes.
-    fn record(&mut self, passed: bool) -> Option<InstanceHealth> {
-        if passed {
+    /// Counts one check (`None`: no answer; `Some(passed)`); returns the new health when it
+    /// changes.
+    fn record(&mut self, answer: Option<bool>) -> Option<InstanceHealth> {
+        if answer.is_none() && !self.answered_once {
+            return None;
+        }
+        self.answered_once |= answer.is_some();
+        if answer == Some(true) {
             (self.successes, self.failures) = (self.successes + 1, 0);
         } else {
             (self.successes, self.failures) = (0, self.failures + 1);
@@ -290,7 +301,8 @@ impl Checks {
 }
 
 /// One HTTP health check: GET the path; a 2xx or 3xx answer within the timeout passes.
-async fn check(port: u16, health: &HealthCheck) -> bool {
+/// `None` when there is no answer in time.
+async fn check(port: u16, health: &HealthCheck) -> Option<bool> {
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
         let request = format!("GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", health.path);
@@ -302,11 +314,7 @@ async fn check(port: u16, health: &HealthCheck) -> bool {
         let status: u16 = std::str::from_utf8(answer.get(9..12)?).ok()?.parse().ok()?;
         Some((200..400).contains(&status))
     };
-    tokio::time::timeout(Duration::from_millis(health.timeout_ms.max(10)), attempt)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    tokio::time::timeout(Duration::from_millis(health.timeout_ms.max(10)), attempt).await.ok().flatten()
 }
 
 /// Stops a process group: SIGTERM, then SIGKILL after the grace period.
@@ -394,11 +402,15 @@ mod tests {
             unhealthy_threshold: 3,
             ..HealthCheck::default()
         });
-        assert_eq!(checks.record(true), None);
-        assert_eq!(checks.record(true), Some(InstanceHealth::Healthy));
-        assert_eq!(checks.record(false), None);
-        assert_eq!(checks.record(false), None);
-        assert_eq!(checks.record(true), None, "a success resets the failures");
-        assert_eq!([checks.record(false), checks.record(false), checks.record(false)], [None, None, Some(InstanceHealth::Unhealthy)]);
+        for _ in 0..5 {
+            assert_eq!(checks.record(None), None, "no answer while starting does not count");
+        }
+        assert_eq!(checks.record(Some(true)), None);
+        assert_eq!(checks.record(Some(true)), Some(InstanceHealth::Healthy));
+        assert_eq!(checks.record(Some(false)), None);
+        assert_eq!(checks.record(None), None);
+        assert_eq!(checks.record(Some(true)), None, "a success resets the failures");
+        let failing = [checks.record(Some(false)), checks.record(None), checks.record(Some(false))];
+        assert_eq!(failing, [None, None, Some(InstanceHealth::Unhealthy)], "once it has answered, silence counts");
     }
 }
