@@ -19,6 +19,7 @@ const APP: &str = r#"import http.server, os
 VERSION = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "VERSION")).read().strip()
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
     def do_GET(self):
         if self.path == "/healthz" and VERSION == "bad":
             self.send_response(500); self.send_header("content-length", "0"); self.end_headers(); return
