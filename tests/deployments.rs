@@ -359,14 +359,7 @@ fn the_cli_and_the_event_stream_follow_a_deployment_and_instance_output_is_reada
     let data = tempfile::tempdir().unwrap();
     let wharf = Wharf::start(data.path());
     wharf.create_repo("acme/shop");
-    let cli = |args: &[&str]| {
-        std::process::Command::new(wharf_tests::wharf_binary())
-            .args(args)
-            .env("WHARF_URL", &wharf.url)
-            .env("WHARF_TOKEN", &wharf.token)
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| wharf.cli(args);
     let created = cli(&["env", "create", "acme/shop", "production", "--protected", "--memory", "1"]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let production: Value = serde_json::from_slice(&created.stdout).unwrap();
@@ -465,10 +458,14 @@ fn a_deployment_goes_on_when_a_node_dies_mid_rollout() {
 
     let second = settled(&cluster.front, staging, 2);
     assert_eq!(second["status"], "completed", "{second:#}");
-    let instances = cluster.front.get(&format!("/api/v1/environments/{staging}")).json["instances"].clone();
-    let serving: Vec<&Value> = instances.as_array().unwrap().iter().filter(|i| i["health"] == "healthy").collect();
-    assert_eq!(serving.len(), 2, "{instances:#}");
-    assert!(serving.iter().all(|i| i["revision"] == 2 && i["node"] != victim), "{instances:#}");
+    // An instance the dead node ran may still count until its loss is noticed; then it is
+    // replaced on a node in reach.
+    let mut instances = Value::Null;
+    wait_until("two healthy v2 instances on live nodes", Duration::from_secs(60), || {
+        instances = cluster.front.get(&format!("/api/v1/environments/{staging}")).json["instances"].clone();
+        let serving: Vec<&Value> = instances.as_array().unwrap().iter().filter(|i| i["health"] == "healthy").collect();
+        serving.len() == 2 && serving.iter().all(|i| i["revision"] == 2 && i["node"] != victim)
+    });
     wait_until("traffic is on v2", Duration::from_secs(10), || traffic.last_versions(10).iter().all(|v| v == "v2"));
     let (failures, total) = traffic.failures();
     assert!(failures.is_empty(), "{} of {total} requests failed when node {victim} died: {failures:?}", failures.len());

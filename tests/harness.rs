@@ -323,6 +323,16 @@ impl Wharf {
         format!("http://admin:{}@{host}/{repo}.git", self.token)
     }
 
+    /// Runs the `wharf` CLI against this front with the admin token.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(wharf_binary())
+            .args(args)
+            .env("WHARF_URL", &self.url)
+            .env("WHARF_TOKEN", &self.token)
+            .output()
+            .expect("run the wharf CLI")
+    }
+
     /// The anonymous clone URL of a repository.
     pub fn clone_url(&self, repo: &str) -> String {
         format!("{}/{repo}.git", self.url)

@@ -484,14 +484,7 @@ fn the_cli_runs_and_follows_a_pipeline_with_live_logs_and_a_summary() {
     let file = "stages: [build, test]\njobs:\n  build:\n    stage: build\n    script: [echo compiling]\n  unit:\n    stage: test\n    script: ['echo \"Coverage: 75.00%\"', exit 4]\n    coverage: 'Coverage: (\\d+\\.\\d+)%'\n";
     push(&wharf, "acme/cli", &[(".wharf.yml", file)]);
     finished_pipeline(&wharf, "acme/cli");
-    let run = |args: &[&str]| {
-        std::process::Command::new(wharf_tests::wharf_binary())
-            .args(args)
-            .env("WHARF_URL", &wharf.url)
-            .env("WHARF_TOKEN", &wharf.token)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| wharf.cli(args);
     let output = run(&["pipeline", "run", "acme/cli", "main"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "a failed pipeline fails the command: {stdout}");

@@ -143,6 +143,33 @@ pub(crate) async fn call_owner(
     Err(error)
 }
 
+/// Sends `request` to the first storage node that answers (any node can propose a change to
+/// Raft); a node out of reach is skipped for the next.
+pub(crate) async fn call_any_node(state: &FrontState, request: &NodeRequest) -> Result<NodeReply, ApiError> {
+    let mut last_error = None;
+    for node in state.directory.nodes() {
+        match state.nodes.call(node.id, request).await {
+            Err(error @ ApiError::Unavailable { .. }) => last_error = Some(error),
+            result => return result,
+        }
+    }
+    Err(last_error.unwrap_or_else(|| ApiError::internal("cluster", "no storage node")))
+}
+
+/// Waits until this front's copy of the records has `what` (written through another node).
+pub(crate) async fn visible<T>(what: &str, mut look: impl FnMut() -> Option<T>) -> Result<T, ApiError> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if let Some(found) = look() {
+            return Ok(found);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(ApiError::internal("records", format!("{what} was written but is not visible here yet")));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 pub(crate) fn unexpected(reply: NodeReply) -> ApiError {
     ApiError::internal("node reply", format!("unexpected reply {reply:?}"))
 }

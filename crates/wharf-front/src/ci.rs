@@ -82,15 +82,7 @@ fn mean_coverage(jobs: &[JobRecord]) -> Option<f64> {
 
 /// Asks a reachable storage node to carry out a CI change.
 async fn act(state: &FrontState, action: CiAction) -> Result<NodeReply, ApiError> {
-    let request = NodeRequest::Ci(action);
-    let mut last_error = None;
-    for node in state.directory.nodes() {
-        match state.nodes.call(node.id, &request).await {
-            Err(error @ ApiError::Unavailable { .. }) => last_error = Some(error),
-            result => return result,
-        }
-    }
-    Err(last_error.unwrap_or_else(|| ApiError::internal("cluster", "no storage node")))
+    crate::api::call_any_node(state, &NodeRequest::Ci(action)).await
 }
 
 // ---- pipelines and jobs ----
@@ -129,24 +121,11 @@ async fn run_pipeline(
         only: None,
     };
     match repo_call(&state, &repo_name(&owner, &name)?, request).await? {
-        NodeReply::PipelineStarted(id) => created(pipeline_json(&state, &wait_for_pipeline(&state, id).await?)),
+        NodeReply::PipelineStarted(id) => created(pipeline_json(&state, &crate::api::visible("the pipeline", || state.directory.pipeline(id)).await?)),
         other => Err(unexpected(other).into()),
     }
 }
 
-/// The record of a pipeline just created elsewhere, once this front's view has it.
-async fn wait_for_pipeline(state: &FrontState, id: u64) -> Result<PipelineRecord, ApiError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(pipeline) = state.directory.pipeline(id) {
-            return Ok(pipeline);
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(ApiError::internal("pipeline", format!("pipeline {id} was created but is not visible here yet")));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn show_pipeline(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     reader(&state, &headers)?;

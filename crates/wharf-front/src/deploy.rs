@@ -98,15 +98,7 @@ impl Default for Apps {
 }
 
 async fn act(state: &FrontState, action: DeployAction) -> Result<NodeReply, ApiError> {
-    let request = NodeRequest::Deploy(action);
-    let mut last_error = None;
-    for node in state.directory.nodes() {
-        match state.nodes.call(node.id, &request).await {
-            Err(error @ ApiError::Unavailable { .. }) => last_error = Some(error),
-            result => return result,
-        }
-    }
-    Err(last_error.unwrap_or_else(|| ApiError::internal("cluster", "no storage node")))
+    crate::api::call_any_node(state, &NodeRequest::Deploy(action)).await
 }
 
 async fn act_for_id(state: &FrontState, action: DeployAction) -> Result<u64, ApiError> {
@@ -116,19 +108,6 @@ async fn act_for_id(state: &FrontState, action: DeployAction) -> Result<u64, Api
     }
 }
 
-/// Waits until this front's copy of the records has `what` (written through another node).
-async fn visible<T>(what: &str, mut look: impl FnMut() -> Option<T>) -> Result<T, ApiError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(found) = look() {
-            return Ok(found);
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(ApiError::internal("records", format!("{what} was written but is not visible here yet")));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn environment_of(state: &FrontState, id: u64) -> Result<EnvironmentRecord, ApiError> {
     state.directory.environment(id).ok_or_else(|| ApiError::NotFound {
@@ -242,7 +221,7 @@ async fn create_environment(State(state): State<Shared>, headers: HeaderMap, Jso
         protected: body.protected,
     };
     let id = act_for_id(&state, action).await?;
-    visible("the environment", || state.directory.environment(id)).await?;
+    crate::api::visible("the environment", || state.directory.environment(id)).await?;
     created(json!({"message": "Environment created successfully", "env_id": id}))
 }
 
@@ -384,7 +363,7 @@ struct DeploymentId {
 
 async fn deployment_status(State(state): State<Shared>, headers: HeaderMap, BodyOrQuery(body): BodyOrQuery<DeploymentId>) -> ApiResult {
     reader(&state, &headers)?;
-    let deployment = visible("the deployment", || state.directory.deployment(body.deployment_id))
+    let deployment = crate::api::visible("the deployment", || state.directory.deployment(body.deployment_id))
         .await
         .map_err(|_| ApiError::NotFound {
             what: format!("deployment {}", body.deployment_id),

@@ -192,6 +192,15 @@ impl Update {
         self.release.is_none() && self.status.is_none() && self.reverting_to.is_none() && self.event.is_none()
     }
 
+    fn failed(reason: String) -> Update {
+        Update {
+            status: Some(DeploymentStatus::Failed),
+            details: Some(reason.clone()),
+            event: Some(reason),
+            ..Update::default()
+        }
+    }
+
     fn details(details: String) -> Update {
         Update {
             details: Some(details),
@@ -227,14 +236,7 @@ async fn drive(node: &Arc<NodeContext>, id: u64) -> Result<(), ApiError> {
                         .await?;
                 }
                 Err(reason) => {
-                    control
-                        .update(Update {
-                            status: Some(DeploymentStatus::Failed),
-                            details: Some(reason.clone()),
-                            event: Some(reason),
-                            ..Update::default()
-                        })
-                        .await?;
+                    control.update(Update::failed(reason)).await?;
                     return Ok(());
                 }
             }
@@ -449,14 +451,7 @@ async fn fail(control: &mut Control<'_>, record: &DeploymentRecord, reason: Stri
             super::write(control.node, DeployCommand::StopInstance { instance: instance.id, message: reason.clone() }).await?;
         }
     }
-    control
-        .update(Update {
-            status: Some(DeploymentStatus::Failed),
-            details: Some(reason.clone()),
-            event: Some(reason),
-            ..Update::default()
-        })
-        .await
+    control.update(Update::failed(reason)).await
 }
 
 fn release_of(deployments: &[DeploymentRecord], revision: u64) -> Option<Release> {

@@ -140,16 +140,22 @@ fn rolling(situation: &Situation, max_surge: u32, max_unavailable: u32, min_read
     Step::Wait(format!("{new_ready} of {desired} instances updated"))
 }
 
+/// The instances the new set still lacks, started beside the old set and out of traffic (they
+/// are reachable at the preview route while they wait).
+fn start_beside(situation: &Situation) -> Option<Step> {
+    let (desired, started) = (situation.desired as usize, situation.new_set().len());
+    (started < desired).then(|| Step::Start {
+        count: (desired - started) as u32,
+        weight: 0,
+    })
+}
+
 fn blue_green(situation: &Situation, promote: bool, scale_down_delay_ms: u64) -> Step {
+    if let Some(start) = start_beside(situation) {
+        return start;
+    }
     let desired = situation.desired as usize;
     let new = situation.new_set();
-    if new.len() < desired {
-        // The new set starts beside the old one, out of traffic (reachable at the preview route).
-        return Step::Start {
-            count: (desired - new.len()) as u32,
-            weight: 0,
-        };
-    }
     let ready = new.iter().filter(|i| situation.is_ready(i, 0)).count();
     let old = situation.old_set();
     let switched = new.iter().all(|i| i.weight > 0) && old.iter().all(|i| i.weight == 0);
@@ -163,25 +169,29 @@ fn blue_green(situation: &Situation, promote: bool, scale_down_delay_ms: u64) ->
         // One change moves all traffic: the new set in, the old set out.
         return Step::Weights(switch_weights(&new, &old, 100));
     }
-    let drained = situation.drained(scale_down_delay_ms.max(DRAIN_MS));
+    let waiting = format!("promoted; the old set stays for {} s for an instant rollback", scale_down_delay_ms / 1000);
+    retire_old_set(situation, scale_down_delay_ms.max(DRAIN_MS), waiting)
+}
+
+/// Once all traffic is on the new set: stops the old instances out of traffic for `delay_ms`,
+/// and is done when none is left.
+fn retire_old_set(situation: &Situation, delay_ms: u64, waiting: String) -> Step {
+    let drained = situation.drained(delay_ms);
     if !drained.is_empty() {
         return Step::Stop(drained);
     }
-    if old.is_empty() {
+    if situation.old_set().is_empty() {
         return Step::Done;
     }
-    Step::Wait(format!("promoted; the old set stays for {} s for an instant rollback", scale_down_delay_ms / 1000))
+    Step::Wait(waiting)
 }
 
 fn canary(situation: &Situation, steps: &[u32]) -> Step {
+    if let Some(start) = start_beside(situation) {
+        return start;
+    }
     let desired = situation.desired as usize;
     let new = situation.new_set();
-    if new.len() < desired {
-        return Step::Start {
-            count: (desired - new.len()) as u32,
-            weight: 0,
-        };
-    }
     let ready = new.iter().filter(|i| situation.is_ready(i, 0)).count();
     if ready < desired {
         return Step::Wait(format!("{ready} of {desired} canary instances healthy"));
@@ -197,14 +207,7 @@ fn canary(situation: &Situation, steps: &[u32]) -> Step {
     if share < 100 {
         return Step::Analyze { index, share };
     }
-    let drained = situation.drained(DRAIN_MS);
-    if !drained.is_empty() {
-        return Step::Stop(drained);
-    }
-    if old.is_empty() {
-        return Step::Done;
-    }
-    Step::Wait("canary at 100%: the old set drains".into())
+    retire_old_set(situation, DRAIN_MS, "canary at 100%: the old set drains".into())
 }
 
 /// The percentage of traffic weight on `new` (100 when nothing else serves).
