@@ -125,7 +125,13 @@ pub enum StartError {
 
 impl StorageNode {
     /// Starts the node's actors and registers its router in the node's process group.
-    pub async fn start(config: NodeConfig, meta: Meta) -> Result<StorageNode, StartError> {
+    pub async fn start(mut config: NodeConfig, meta: Meta) -> Result<StorageNode, StartError> {
+        // Paths under the data directory are handed to git processes that run elsewhere
+        // (`git -C REPO bundle create FILE`), so they must not be relative.
+        config.data_dir = std::path::absolute(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
         let repos_dir = config.data_dir.join("repos");
         std::fs::create_dir_all(&repos_dir).map_err(|source| StartError::DataDir {
             path: repos_dir.clone(),

@@ -135,8 +135,16 @@ pub async fn deployment(server: Server, command: DeploymentCommand) -> anyhow::R
 async fn follow(server: &Server, id: u64) -> anyhow::Result<()> {
     let mut shown_events = 0;
     let mut last_line = String::new();
+    // A deployment a passed pipeline asks for appears a moment after the pipeline ends.
+    let appears_by = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let deployment: Value = server.send(Method::GET, &format!("/api/v1/deployments/{id}"), None).await?;
+        let deployment: Value = match server.send(Method::GET, &format!("/api/v1/deployments/{id}"), None).await {
+            Err(error) if error.to_string().starts_with("404") && std::time::Instant::now() < appears_by => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            answer => answer?,
+        };
         let events = deployment["events"].as_array().cloned().unwrap_or_default();
         for event in events.iter().skip(shown_events) {
             println!("  {}", event["message"].as_str().unwrap_or(""));
