@@ -6,6 +6,10 @@
 //! node with its [`NodeClient`] and turns the reply into JSON, or a stream of pack data. Errors
 //! become HTTP responses in one place, [`error::status_of`].
 //!
+//! It also serves deployed applications: `/apps/...` (and `Host: env.name.owner.localhost`)
+//! goes to a healthy instance by the weights in the records, and a small actor tells
+//! deployment controllers what this router has counted per instance (canary checks).
+//!
 //! The front never opens a repository and never writes metadata itself: it sees only
 //! `wharf-proto` and `wharf-placement`.
 

@@ -1,7 +1,8 @@
 //! Wharf's metadata: one openraft group whose log and state machine live in sled.
 //!
 //! The metadata is everything that is not a repository's content: members, repository
-//! records and their owners, push events, tokens. It changes only through [`Meta::write`],
+//! records and their owners, push events, tokens, pipelines and jobs with their leases
+//! (`ci`), environments, deployments and instances (`deploy`). It changes only through [`Meta::write`],
 //! which proposes a [`Command`] to Raft and returns the state machine's answer once the
 //! command is committed and applied. Reads go to [`Meta::directory`], an in-memory view of
 //! the applied state, so routing a request never waits on Raft.

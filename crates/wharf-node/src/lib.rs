@@ -9,8 +9,13 @@
 //! [`repo_actor`]). Git protocol traffic runs in [`session`]s: one `git upload-pack` or
 //! `git receive-pack` process each, fed and drained in bounded chunks.
 //!
-//! Metadata (repository records, push events) is written through [`wharf_meta::Meta`]; git
-//! work is done by [`wharf_git::GitRepo`]. The node never speaks HTTP: that is the front's job.
+//! Beside repositories, every node runs CI jobs in its runner slots (`ci`: pipelines are
+//! created where a push lands, jobs run wherever a slot is free) and the instances of
+//! deployments (`deploy`: a process driver, and controllers that roll releases out).
+//!
+//! Metadata (repository records, push events, pipelines, deployments) is written through
+//! [`wharf_meta::Meta`]; git work is done by [`wharf_git::GitRepo`]. The node never serves
+//! HTTP: that is the front's job.
 
 #![warn(missing_docs)]
 
