@@ -176,6 +176,12 @@ jobs:
     stage: test
     script: [python3 ci/run_tests.py]
     reports: { junit: reports/junit.xml }
+  cover:
+    stage: test
+    script:
+      - echo '<?xml version="1.0"?><coverage line-rate="0.8731" branch-rate="0.5"></coverage>' > coverage.xml
+    reports: { cobertura: coverage.xml }
+    artifacts: { paths: [coverage.xml], expire_in: 1s }
   live:
     stage: test
     script:
@@ -298,6 +304,15 @@ fn test_reports_artifacts_secrets_and_live_logs() {
     assert_eq!(unit["tests"]["skipped"], 1);
     assert_eq!(unit["tests"]["failures"][0]["name"], "test_divide");
     assert_eq!(unit["tests"]["failures"][0]["message"], "divide(6, 3) gave 18");
+
+    // Coverage from a Cobertura report; its artifact expires after a second.
+    let cover = job(&pipeline, "cover");
+    assert_eq!(cover["coverage"], 87.31);
+    let expiring = format!("/api/v1/jobs/{}/artifacts/coverage.xml", cover["id"]);
+    wait_until("the artifact expires", Duration::from_secs(10), || {
+        let answer = wharf.get(&expiring);
+        answer.status == 404 && answer.json["error"]["message"].as_str().unwrap_or("").contains("expired")
+    });
 
     // Secrets are masked in the log; plain variables are not.
     let build = job(&pipeline, "build");
