@@ -404,7 +404,7 @@ async fn deployment_events(State(state): State<Shared>, headers: HeaderMap, Json
             return None;
         }
         loop {
-            let Some(deployment) = state.directory.deployment(id) else { return None };
+            let deployment = state.directory.deployment(id)?;
             if let Some(event) = deployment.events.get(next) {
                 let sent = Event::default().event("event").id(next.to_string()).data(json!(event).to_string());
                 next += 1;

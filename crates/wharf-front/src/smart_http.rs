@@ -123,7 +123,7 @@ async fn serve(
         name,
         request: RepoRequest::OpenSession(open),
     };
-    let (owner, reply) = crate::api::call_owner(&state, &record, &open_request, state.config.git_step_timeout).await?;
+    let (owner, reply) = crate::api::call_owner(state, &record, &open_request, state.config.git_step_timeout).await?;
     let (node, session) = match reply {
         NodeReply::Session(id) => (owner, id),
         // The repository moved while we asked; the old owner opened it at the new one.

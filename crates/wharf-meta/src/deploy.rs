@@ -23,6 +23,9 @@ use wharf_proto::{ApiError, NodeId, RepoId};
 const MAX_EVENTS: usize = 200;
 
 /// A change to environments, deployments or instances.
+// A command lives as long as its proposal and its log entry's decoding: its size in memory
+// does not matter, and boxing the release would only add noise at every use.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum DeployCommand {
     /// Create an environment of a repository.

@@ -282,7 +282,7 @@ async fn create(node: &NodeContext, name: RepoName) -> Result<NodeReply, ApiErro
     let initialised = tokio::task::spawn_blocking(move || GitRepo::init(&path, init_name.to_string()))
         .await
         .map_err(|error| ApiError::internal("initialise repository", error))
-        .and_then(|result| result.map_err(ApiError::from));
+        .and_then(std::convert::identity);
     if let Err(error) = initialised {
         tracing::error!(repo = %name, %error, "initialising the repository failed; removing its record");
         let _ = node.meta.write(Command::DeleteRepo { name }).await;
