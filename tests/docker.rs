@@ -173,3 +173,103 @@ fn a_node_cut_off_its_network_takes_only_its_own_repositories_offline() {
         front.get(&format!("/api/v1/repos/{}/branches", repos[2])).status == 200
     });
 }
+
+/// Removes the containers of deployed instances when a test ends, however it ends.
+struct InstanceContainers;
+
+impl Drop for InstanceContainers {
+    fn drop(&mut self) {
+        let listed = docker(&["ps", "--all", "--quiet", "--filter", "name=wharf-instance-"]);
+        for id in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+            let _ = docker(&["rm", "--force", id]);
+        }
+    }
+}
+
+const CONTAINER_APP: &str = r#"stages: [build]
+jobs:
+  build:
+    stage: build
+    script: [mkdir -p out, cp "$SERVER" out/version-server, cp VERSION out/]
+    artifacts: { paths: [out/] }
+deploy:
+  from: build
+  command: cd out && exec ./version-server
+  health: { path: /healthz, interval: 200ms, healthy_threshold: 2 }
+  environments:
+    staging:
+      branch: main
+      instances: 2
+      driver: docker
+      image: IMAGE
+"#;
+
+#[test]
+fn a_docker_environment_runs_its_instances_as_containers_with_its_limits() {
+    if !docker(&["info"]).status.success() {
+        eprintln!("SKIPPED: no Docker engine answers `docker info` on this machine; the container driver test did not run");
+        return;
+    }
+    let _cleanup = InstanceContainers;
+    let image = format!("wharf:app-test-{}", std::process::id());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/docker-image.sh");
+    let built = Command::new("bash").arg(script).arg(wharf_binary()).arg(&image).output().expect("build the image");
+    assert!(built.status.success(), "image build failed: {}", String::from_utf8_lossy(&built.stderr));
+
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(data.path());
+    wharf.create_repo("acme/boxed");
+    let server = env!("CARGO_BIN_EXE_version-server");
+    let variable = wharf.post("/api/v1/repos/acme/boxed/variables", serde_json::json!({"name": "SERVER", "value": server}));
+    assert_eq!(variable.status, 201);
+    let created = wharf.post(
+        "/api/v1/environments",
+        serde_json::json!({"project_id": "acme/boxed", "env_name": "staging", "config": {"cpu": 1, "memory": 0.5, "storage": 1}}),
+    );
+    let env = created.json["env_id"].as_u64().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join(".wharf.yml"), CONTAINER_APP.replace("IMAGE", &image)).unwrap();
+    git_ok(work.path(), &["init", "-q"]);
+    let push = |version: &str| {
+        std::fs::write(work.path().join("VERSION"), version).unwrap();
+        git_ok(work.path(), &["add", "."]);
+        git_ok(work.path(), &["commit", "-qm", version]);
+        git_ok(work.path(), &["push", "-q", &wharf.push_url("acme/boxed"), "HEAD:main"]);
+    };
+    let settled = |revision: u64| {
+        let mut newest = serde_json::Value::Null;
+        wait_until(&format!("revision {revision} finishes"), Duration::from_secs(120), || {
+            newest = wharf.get(&format!("/api/v1/environments/{env}/deployments")).json["deployments"][0].clone();
+            newest["revision"] == revision && matches!(newest["status"].as_str(), Some("completed" | "failed" | "rolled-back"))
+        });
+        newest
+    };
+    push("v1");
+    let first = settled(1);
+    assert_eq!(first["status"], "completed", "{first:#}");
+    assert_eq!(String::from_utf8_lossy(&wharf.get("/apps/acme/boxed/staging/x").bytes), "version v1 path /x\n");
+
+    // Each instance is a container with the environment's limits.
+    let instances = wharf.get(&format!("/api/v1/environments/{env}")).json["instances"].clone();
+    assert_eq!(instances.as_array().unwrap().len(), 2);
+    for instance in instances.as_array().unwrap() {
+        let name = format!("wharf-instance-{}", instance["id"]);
+        let limits = docker_ok(&["inspect", "--format", "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}}", &name]);
+        assert_eq!(limits, "1000000000 536870912", "{name}: --cpus 1 --memory 512m");
+    }
+
+    // A rolling update replaces the containers; the old ones are removed.
+    push("v2");
+    assert_eq!(settled(2)["status"], "completed");
+    assert_eq!(String::from_utf8_lossy(&wharf.get("/apps/acme/boxed/staging/").bytes), "version v2 path /\n");
+    let old: Vec<String> = instances.as_array().unwrap().iter().map(|i| format!("wharf-instance-{}", i["id"])).collect();
+    wait_until("the old containers are gone", Duration::from_secs(60), || {
+        old.iter().all(|name| !docker(&["inspect", name]).status.success())
+    });
+    let deleted = wharf.request("DELETE", "/api/v1/environments", Some(format!("{{\"env_id\":{env}}}").into_bytes()), Some(&wharf.token));
+    assert_eq!(deleted.status, 200);
+    wait_until("every instance container is gone", Duration::from_secs(60), || {
+        docker(&["ps", "--all", "--quiet", "--filter", "name=wharf-instance-"]).stdout.is_empty()
+    });
+    let _ = docker(&["rmi", &image]);
+}

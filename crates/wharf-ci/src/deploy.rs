@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
-pub use wharf_proto::deploy::{DeploySpec, EnvironmentSpec, HealthCheck, Strategy};
+pub use wharf_proto::deploy::{DeploySpec, DriverSpec, EnvironmentSpec, HealthCheck, Strategy};
 
 use crate::duration::parse_duration;
 
@@ -52,6 +52,8 @@ struct RawEnvironment {
     strategy: Option<RawStrategy>,
     progress_deadline: Option<String>,
     auto_revert: Option<bool>,
+    driver: Option<String>,
+    image: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -138,7 +140,18 @@ impl RawEnvironment {
             strategy,
             progress_deadline_ms: millis(self.progress_deadline, Duration::from_millis(defaults.progress_deadline_ms))?,
             auto_revert: self.auto_revert.unwrap_or(defaults.auto_revert),
+            driver: driver(self.driver.as_deref(), self.image)?,
         })
+    }
+}
+
+fn driver(name: Option<&str>, image: Option<String>) -> Result<DriverSpec, String> {
+    match (name, image) {
+        (None | Some("process"), None) => Ok(DriverSpec::Process),
+        (None | Some("process"), Some(_)) => Err("image is for the docker driver: add driver: docker".into()),
+        (Some("docker"), Some(image)) if !image.trim().is_empty() => Ok(DriverSpec::Docker { image }),
+        (Some("docker"), _) => Err("the docker driver needs an image".into()),
+        (Some(other), _) => Err(format!("driver {other:?} is not one of process, docker")),
     }
 }
 

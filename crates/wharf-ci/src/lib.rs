@@ -16,7 +16,7 @@ mod reports;
 mod schedule;
 mod spec;
 
-pub use deploy::{DeploySpec, EnvironmentSpec, HealthCheck, Strategy};
+pub use deploy::{DeploySpec, DriverSpec, EnvironmentSpec, HealthCheck, Strategy};
 pub use duration::parse_duration;
 pub use reports::{parse_cobertura, parse_junit, SecretMasker};
 pub use schedule::{pipeline_status, schedule, JobStatus, PipelineStatus, Step};

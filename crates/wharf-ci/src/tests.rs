@@ -174,6 +174,10 @@ fn the_deploy_section_is_checked_and_defaults_apply() {
     refuse("  from: build\n  command: x\n  environments:\n    p:\n      strategy: { type: canary, steps: [50, 10] }\n", "must rise");
     refuse("  from: build\n  command: x\n  environments:\n    p:\n      strategy: { type: rolling, max_surge: 0, max_unavailable: 0 }\n", "cannot both be 0");
     refuse("  from: build\n  command: x\n  health: { path: healthz }\n", "must start with /");
+    refuse("  from: build\n  command: x\n  environments:\n    p:\n      driver: docker\n", "needs an image");
+    refuse("  from: build\n  command: x\n  environments:\n    p:\n      driver: vm\n", "not one of process, docker");
+    let docker = Pipeline::parse(&format!("{DEPLOYED}deploy:\n  from: build\n  command: x\n  environments:\n    p:\n      driver: docker\n      image: app:1\n")).unwrap();
+    assert_eq!(docker.deploy.unwrap().environment("p").driver, crate::DriverSpec::Docker { image: "app:1".into() });
     let unknown = Pipeline::parse(&format!("{DEPLOYED}deploy:\n  from: build\n  command: x\n  environments:\n    p:\n      strategy: {{ type: yolo }}\n")).unwrap_err();
     assert!(unknown.message.contains("yolo"), "{unknown}");
 }

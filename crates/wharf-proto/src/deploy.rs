@@ -68,6 +68,23 @@ pub struct EnvironmentSpec {
     pub progress_deadline_ms: u64,
     /// Whether a failed release is rolled back to the last good one by itself.
     pub auto_revert: bool,
+    /// What runs an instance.
+    #[serde(default)]
+    pub driver: DriverSpec,
+}
+
+/// What runs an environment's instances.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum DriverSpec {
+    /// A process on the node, in its own process group (the default: works on any machine).
+    #[default]
+    Process,
+    /// A container of `image` on the node's Docker engine, with the artifacts mounted at
+    /// `/app`, on the host's network, with `--cpus` and `--memory` from the environment.
+    Docker {
+        /// The image (it must be on the node: there is no registry to pull from).
+        image: String,
+    },
 }
 
 impl Default for EnvironmentSpec {
@@ -78,6 +95,7 @@ impl Default for EnvironmentSpec {
             strategy: Strategy::default(),
             progress_deadline_ms: 300_000,
             auto_revert: true,
+            driver: DriverSpec::Process,
         }
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use wharf_meta::DeployCommand;
-use wharf_proto::deploy::{HealthCheck, InstanceHealth, InstanceRecord, Release};
+use wharf_proto::deploy::{DriverSpec, HealthCheck, InstanceHealth, InstanceRecord, Release};
 use wharf_proto::{ApiError, NodeReply, NodeRequest};
 
 use crate::NodeContext;
@@ -107,6 +107,11 @@ async fn run_instance(node: Arc<NodeContext>, record: InstanceRecord, mut stop: 
     match start(&node, &record).await {
         Ok(mut child) => {
             supervise(&node, &record, &mut child, &mut stop).await;
+            let in_container = release_of(&node, &record).is_ok_and(|r| matches!(r.settings.driver, DriverSpec::Docker { .. }));
+            if in_container {
+                // Signals to the `docker run` client do not stop the container: ask the engine.
+                stop_container(record.id).await;
+            }
             terminate(&mut child).await;
         }
         Err(error) => {
@@ -150,38 +155,112 @@ async fn start(node: &Arc<NodeContext>, record: &InstanceRecord) -> Result<tokio
         std::fs::create_dir_all(logs).map_err(|e| e.to_string())?;
     }
     let log = std::fs::File::create(&log_file).map_err(|e| e.to_string())?;
-    // The memory limit is an address-space limit: what the shell can set on any Unix.
-    let limit = if env.config.memory > 0.0 {
-        format!("ulimit -v {} 2>/dev/null; ", (env.config.memory * 1024.0 * 1024.0) as u64)
-    } else {
-        String::new()
+    let variables = [
+        ("PORT", port.to_string()),
+        ("WHARF_ENVIRONMENT", env.name.clone()),
+        ("WHARF_REVISION", record.revision.to_string()),
+        ("WHARF_INSTANCE_ID", record.id.to_string()),
+        ("WHARF_COMMIT_SHA", release.sha.clone()),
+    ];
+    let mut command = match &release.settings.driver {
+        DriverSpec::Process => process_command(&dir, &release.command, env.config.memory, &variables),
+        DriverSpec::Docker { image } => docker_command(&dir, &release.command, image, record.id, &env.config, &variables).await?,
     };
-    let child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("{limit}exec sh -c \"$WHARF_COMMAND\""))
-        .current_dir(&dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", &dir)
-        .env("PORT", port.to_string())
-        .env("WHARF_COMMAND", &release.command)
-        .env("WHARF_ENVIRONMENT", &env.name)
-        .env("WHARF_REVISION", record.revision.to_string())
-        .env("WHARF_INSTANCE_ID", record.id.to_string())
-        .env("WHARF_COMMIT_SHA", &release.sha)
+    let child = command
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot start sh: {e}"))?;
+        .map_err(|e| format!("cannot start the instance: {e}"))?;
     let pid = child.id().unwrap_or_default();
     write(node, DeployCommand::InstanceStarted { instance: record.id, port, pid })
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(instance = record.id, env = %env.name, revision = record.revision, port, "instance started");
     Ok(child)
+}
+
+/// The process driver: `sh` runs the command in the artifact directory, under an
+/// address-space limit for the environment's memory (what the shell can set on any Unix).
+fn process_command(dir: &Path, command: &str, memory_gib: f64, variables: &[(&str, String)]) -> tokio::process::Command {
+    let limit = if memory_gib > 0.0 {
+        format!("ulimit -v {} 2>/dev/null; ", (memory_gib * 1024.0 * 1024.0) as u64)
+    } else {
+        String::new()
+    };
+    let mut process = tokio::process::Command::new("sh");
+    process
+        .arg("-c")
+        .arg(format!("{limit}exec sh -c \"$WHARF_COMMAND\""))
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .env("WHARF_COMMAND", command)
+        .envs(variables.iter().map(|(name, value)| (*name, value)));
+    process
+}
+
+/// The name of instance `id`'s container.
+fn container_name(id: u64) -> String {
+    format!("wharf-instance-{id}")
+}
+
+/// The Docker driver: a container of `image` on the host's network (so `PORT` is the host's
+/// port), the artifacts mounted read-only at `/app`, `--cpus` and `--memory` from the
+/// environment. The `docker run` client is the instance's process: it ends when the container
+/// does.
+async fn docker_command(
+    dir: &Path,
+    command: &str,
+    image: &str,
+    id: u64,
+    config: &wharf_proto::deploy::EnvConfig,
+    variables: &[(&str, String)],
+) -> Result<tokio::process::Command, String> {
+    let engine = tokio::process::Command::new("docker").args(["version", "--format", "{{.Server.Version}}"]).output().await;
+    if !engine.is_ok_and(|output| output.status.success()) {
+        return Err("the docker driver needs a Docker engine, and none answers on this node".into());
+    }
+    // A container left by an earlier run of this node would hold the name.
+    remove_container(id).await;
+    let mut docker = tokio::process::Command::new("docker");
+    docker.args(["run", "--rm", "--name", &container_name(id), "--network", "host", "--entrypoint", "sh"]);
+    docker.arg("--volume").arg(format!("{}:/app:ro", dir.display())).args(["--workdir", "/app"]);
+    if config.cpu > 0.0 {
+        docker.arg("--cpus").arg(config.cpu.to_string());
+    }
+    if config.memory > 0.0 {
+        docker.arg("--memory").arg(format!("{}m", (config.memory * 1024.0) as u64));
+    }
+    for (name, value) in variables {
+        docker.arg("--env").arg(format!("{name}={value}"));
+    }
+    docker.arg(image).arg("-c").arg(command);
+    Ok(docker)
+}
+
+/// Stops instance `id`'s container (SIGTERM, then SIGKILL after the grace period); `--rm`
+/// removes it.
+async fn stop_container(id: u64) {
+    let grace = STOP_GRACE.as_secs().to_string();
+    let _ = tokio::process::Command::new("docker")
+        .args(["stop", "--time", &grace, &container_name(id)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+}
+
+async fn remove_container(id: u64) {
+    let _ = tokio::process::Command::new("docker")
+        .args(["rm", "--force", &container_name(id)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
 }
 
 /// Where instance `id`'s output goes on this node.
