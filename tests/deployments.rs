@@ -1,5 +1,5 @@
 //! Deployments on one node: a small HTTP application (it answers its version; `bad` fails its
-//! health check, `flaky` passes it but fails real requests) that the test builds is deployed through
+//! health check, `flaky` passes it but fails real requests, `slow` answers them in half a second) that the test builds is deployed through
 //! pipelines and the API while a client keeps sending requests through the front.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use wharf_tests::{git_ok, wait_until, Wharf};
 
 /// The application: answers its version, and fails its health check when the version is `bad`.
-const APP: &str = r#"import http.server, os
+const APP: &str = r#"import http.server, os, time
 VERSION = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "VERSION")).read().strip()
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -18,6 +18,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(500); self.end_headers(); return
         if self.path != "/healthz" and VERSION == "flaky":
             self.send_response(500); self.end_headers(); return
+        if self.path != "/healthz" and VERSION == "slow":
+            time.sleep(0.5)
         body = ("version %s path %s\n" % (VERSION, self.path)).encode()
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
@@ -317,7 +319,7 @@ fn a_canary_shifts_traffic_by_its_steps_and_a_failing_canary_is_aborted() {
     let wharf = Wharf::start(data.path());
     wharf.create_repo("acme/shop");
     let staging = create_environment(&wharf, "staging", false);
-    let app = App::new("{ type: canary, steps: [25, 100], pause: 4s, max_error_rate: 0.05 }");
+    let app = App::new("{ type: canary, steps: [25, 100], pause: 4s, max_error_rate: 0.05, max_latency: 200ms }");
     app.push(&wharf, "v1");
     assert_eq!(settled(&wharf, staging, 1)["status"], "completed");
 
@@ -352,6 +354,13 @@ fn a_canary_shifts_traffic_by_its_steps_and_a_failing_canary_is_aborted() {
         last.len() == 20 && last.iter().all(|v| v == "v2")
     });
     assert_eq!(wharf.get(&format!("/api/v1/environments/{staging}")).json["current_revision"], 2);
+
+    // A release that answers, but slowly, is stopped by the latency check.
+    app.push(&wharf, "slow");
+    let fourth = settled(&wharf, staging, 4);
+    assert_eq!(fourth["status"], "rolled-back", "{fourth:#}");
+    let events: Vec<&str> = fourth["events"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap()).collect();
+    assert!(events.iter().any(|e| e.contains("ms on average, the most allowed is 200 ms")), "{events:?}");
 }
 
 #[test]

@@ -72,6 +72,7 @@ enum RawStrategy {
         steps: Vec<u32>,
         pause: Option<String>,
         max_error_rate: Option<f64>,
+        max_latency: Option<String>,
     },
 }
 
@@ -184,6 +185,7 @@ impl RawStrategy {
                 steps,
                 pause,
                 max_error_rate,
+                max_latency,
             } => {
                 let increasing = steps.windows(2).all(|w| w[0] < w[1]);
                 if steps.is_empty() || !increasing || steps.last() != Some(&100) || steps[0] == 0 {
@@ -197,6 +199,7 @@ impl RawStrategy {
                     steps,
                     pause_ms: millis(pause, Duration::from_secs(30))?,
                     max_error_rate,
+                    max_latency_ms: max_latency.map(|text| millis(Some(text), Duration::ZERO)).transpose()?,
                 }
             }
         })

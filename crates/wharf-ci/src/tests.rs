@@ -151,7 +151,7 @@ fn the_deploy_section_is_checked_and_defaults_apply() {
     let text = format!(
         "{DEPLOYED}deploy:\n  from: build\n  command: python3 out/app.py\n  health: {{ path: /healthz, interval: 500ms, healthy_threshold: 1 }}\n  \
          environments:\n    staging:\n      branch: main\n      instances: 2\n      strategy: {{ type: rolling, max_surge: 1, max_unavailable: 0, min_ready: 1s }}\n    \
-         production:\n      instances: 4\n      strategy: {{ type: canary, steps: [25, 50, 100], pause: 30s, max_error_rate: 0.01 }}\n"
+         production:\n      instances: 4\n      strategy: {{ type: canary, steps: [25, 50, 100], pause: 30s, max_error_rate: 0.01, max_latency: 250ms }}\n"
     );
     let deploy = Pipeline::parse(&text).unwrap().deploy.unwrap();
     assert_eq!(deploy.health.path, "/healthz");
@@ -160,7 +160,7 @@ fn the_deploy_section_is_checked_and_defaults_apply() {
     let staging = deploy.environment("staging");
     assert_eq!(staging.branch.as_deref(), Some("main"));
     assert_eq!(staging.strategy, Strategy::Rolling { max_surge: 1, max_unavailable: 0, min_ready_ms: 1000 });
-    assert!(matches!(deploy.environment("production").strategy, Strategy::Canary { ref steps, pause_ms: 30_000, .. } if steps == &[25, 50, 100]));
+    assert!(matches!(deploy.environment("production").strategy, Strategy::Canary { ref steps, pause_ms: 30_000, max_latency_ms: Some(250), .. } if steps == &[25, 50, 100]));
     let unnamed = deploy.environment("testing");
     assert_eq!((unnamed.instances, unnamed.strategy), (1, Strategy::default()), "an environment the file does not name rolls");
 

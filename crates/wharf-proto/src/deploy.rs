@@ -127,6 +127,9 @@ pub enum Strategy {
         pause_ms: u64,
         /// The highest error rate (0..1) of the new set that passes a check.
         max_error_rate: f64,
+        /// The highest mean latency of the new set's requests that passes a check.
+        #[serde(default)]
+        max_latency_ms: Option<u64>,
     },
 }
 

@@ -360,7 +360,15 @@ async fn analyze(
     index: usize,
     share: u32,
 ) -> Result<(), ApiError> {
-    let Strategy::Canary { steps, pause_ms, max_error_rate } = strategy else { return Ok(()) };
+    let Strategy::Canary {
+        steps,
+        pause_ms,
+        max_error_rate,
+        max_latency_ms,
+    } = strategy
+    else {
+        return Ok(());
+    };
     let new_ids: Vec<u64> = instances.iter().filter(|i| i.revision == target).map(|i| i.id).collect();
     let now_ms = crate::now_ms();
     if control.canary.as_ref().is_none_or(|(watched, _, _)| *watched != index) {
@@ -379,11 +387,16 @@ async fn analyze(
         return Ok(());
     }
     let current = router_traffic(control.node, &new_ids).await;
-    let (requests, errors) = current.values().fold((0, 0), |(requests, errors), now| {
+    let (requests, errors, latency_ms) = current.values().fold((0, 0, 0), |(requests, errors, latency), now| {
         let seen = now.since(baseline.get(&now.instance).unwrap_or(&InstanceTraffic::default()));
-        (requests + seen.requests, errors + seen.errors)
+        (requests + seen.requests, errors + seen.errors, latency + seen.latency_ms)
     });
     let rate = if requests == 0 { 0.0 } else { errors as f64 / requests as f64 };
+    let mean_latency_ms = latency_ms.checked_div(requests).unwrap_or(0);
+    if let Some(max) = max_latency_ms.filter(|max| mean_latency_ms > *max) {
+        let reason = format!("canary at {share}%: its requests took {mean_latency_ms} ms on average, the most allowed is {max} ms");
+        return fail(control, record, reason).await;
+    }
     if rate > *max_error_rate {
         let reason = format!(
             "canary at {share}%: {errors} of {requests} requests failed ({:.1}%, the most allowed is {:.1}%)",
@@ -395,7 +408,9 @@ async fn analyze(
     let next = steps.get(index + 1).copied().unwrap_or(100);
     control
         .update(Update {
-            event: Some(format!("canary at {share}%: {errors} of {requests} requests failed; on to {next}%")),
+            event: Some(format!(
+                "canary at {share}%: {errors} of {requests} requests failed, {mean_latency_ms} ms on average; on to {next}%"
+            )),
             ..Update::default()
         })
         .await?;

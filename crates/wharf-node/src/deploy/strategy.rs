@@ -305,7 +305,7 @@ mod tests {
     #[test]
     fn a_canary_moves_traffic_in_steps_and_analyzes_each() {
         use InstanceHealth::*;
-        let canary = Strategy::Canary { steps: vec![25, 100], pause_ms: 1000, max_error_rate: 0.01 };
+        let canary = Strategy::Canary { steps: vec![25, 100], pause_ms: 1000, max_error_rate: 0.01, max_latency_ms: None };
         let mut set = vec![instance(1, 1, Healthy, 1), instance(2, 1, Healthy, 1), instance(3, 2, Healthy, 0), instance(4, 2, Healthy, 0)];
         assert_eq!(step(&canary, &set, 10), Step::Weights(vec![(3, 50), (4, 50), (1, 150), (2, 150)]), "25% on the canary");
         for (instance, weight) in [(3, 50), (4, 50), (1, 150), (2, 150)] {
