@@ -479,3 +479,25 @@ fn a_deployment_goes_on_when_a_node_dies_mid_rollout() {
     let (failures, total) = traffic.failures();
     assert!(failures.is_empty(), "{} of {total} requests failed when node {victim} died: {failures:?}", failures.len());
 }
+
+/// The canary check across processes: the controller runs on a storage node and asks the
+/// front, another process, what its router saw of the new set.
+#[test]
+fn a_failing_canary_is_caught_when_the_router_is_another_process() {
+    use wharf_tests::cluster::{names_placed_on, LocalCluster};
+    let cluster = LocalCluster::start_with(2, |id| if id == 1 { Vec::new() } else { vec!["--runner-slots".into(), "0".into()] });
+    let repo = names_placed_on(1, 2, 1).remove(0);
+    cluster.front.create_repo(&repo);
+    let staging = create_environment_of(&cluster.front, &repo, "staging", false);
+    let app = App::for_repo(&repo, "{ type: canary, steps: [50, 100], pause: 3s, max_error_rate: 0.05 }");
+    app.push(&cluster.front, "v1");
+    let first = settled(&cluster.front, staging, 1);
+    assert_eq!(first["status"], "completed", "{first:#}");
+    let (owner, name) = repo.split_once('/').unwrap();
+    let _traffic = Traffic::start(format!("{}/apps/{owner}/{name}/staging/", cluster.front.url));
+    app.push(&cluster.front, "flaky");
+    let second = settled(&cluster.front, staging, 2);
+    assert_eq!(second["status"], "rolled-back", "{second:#}");
+    let events: Vec<&str> = second["events"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap()).collect();
+    assert!(events.iter().any(|e| e.starts_with("canary at 50%: ") && e.contains("requests failed")), "{events:?}");
+}

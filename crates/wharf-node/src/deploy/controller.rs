@@ -426,7 +426,11 @@ async fn router_traffic(node: &NodeContext, instances: &[u64]) -> BTreeMap<u64, 
         instances: instances.to_vec(),
     };
     let mut total: BTreeMap<u64, InstanceTraffic> = BTreeMap::new();
-    for reply in node.peers.call_group(ROUTERS_GROUP, &request, Duration::from_secs(2)).await {
+    let replies = node.peers.call_group(ROUTERS_GROUP, &request, Duration::from_secs(2)).await;
+    if replies.is_empty() {
+        tracing::warn!("no front's router answered: the canary check sees no traffic");
+    }
+    for reply in replies {
         let NodeReply::RouterStats(counts) = reply else { continue };
         for count in counts {
             let sum = total.entry(count.instance).or_insert(InstanceTraffic {
