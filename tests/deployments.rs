@@ -160,12 +160,27 @@ fn create_environment_of(wharf: &Wharf, repo: &str, name: &str, protected: bool)
 
 /// Waits until the environment's newest deployment has finished; returns it.
 fn settled(wharf: &Wharf, env: u64, revision: u64) -> Value {
-    let mut newest = Value::Null;
-    wait_until(&format!("revision {revision} of environment {env} finishes"), Duration::from_secs(120), || {
-        newest = wharf.get(&format!("/api/v1/environments/{env}/deployments")).json["deployments"][0].clone();
-        newest["revision"] == revision && matches!(newest["status"].as_str(), Some("completed" | "failed" | "rolled-back"))
-    });
-    newest
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let newest = wharf.get(&format!("/api/v1/environments/{env}/deployments")).json["deployments"][0].clone();
+        if newest["revision"] == revision && matches!(newest["status"].as_str(), Some("completed" | "failed" | "rolled-back")) {
+            return newest;
+        }
+        if std::time::Instant::now() > deadline {
+            let environment = wharf.get(&format!("/api/v1/environments/{env}")).json;
+            let logs: Vec<String> = environment["instances"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| {
+                    let log = wharf.get(&format!("/api/v1/environments/{env}/instances/{}/log", i["id"]));
+                    format!("instance {} on node {}: {}", i["id"], i["node"], String::from_utf8_lossy(&log.bytes))
+                })
+                .collect();
+            panic!("revision {revision} of environment {env} did not finish within 120 s; newest deployment: {newest:#}; environment: {environment:#}; instance logs: {logs:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn status_of(wharf: &Wharf, deployment: u64) -> Value {
@@ -447,7 +462,8 @@ fn a_deployment_goes_on_when_a_node_dies_mid_rollout() {
     let app = App::for_repo(&repo, "{ type: rolling, max_surge: 1, max_unavailable: 0, min_ready: 2s }");
     app.push(&cluster.front, "v1");
     let first = settled(&cluster.front, staging, 1);
-    assert_eq!(first["status"], "completed", "{first:#}");
+    let environment = cluster.front.get(&format!("/api/v1/environments/{staging}")).json;
+    assert_eq!(first["status"], "completed", "{first:#} {environment:#}");
     let (owner, name) = repo.split_once('/').unwrap();
     let traffic = Traffic::start(format!("{}/apps/{owner}/{name}/staging/", cluster.front.url));
     app.push(&cluster.front, "v2");

@@ -23,7 +23,7 @@ pub enum EnvCommand {
         /// CPUs per instance.
         #[arg(long, default_value_t = 1.0)]
         cpu: f64,
-        /// Memory per instance, GiB (an address-space limit; 0 for none).
+        /// Memory per instance, GiB (a data limit for the process driver; 0 for none).
         #[arg(long, default_value_t = 0.0)]
         memory: f64,
         /// Storage per instance, GiB.

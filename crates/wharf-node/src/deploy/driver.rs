@@ -182,11 +182,13 @@ async fn start(node: &Arc<NodeContext>, record: &InstanceRecord) -> Result<tokio
     Ok(child)
 }
 
-/// The process driver: `sh` runs the command in the artifact directory, under an
-/// address-space limit for the environment's memory (what the shell can set on any Unix).
+/// The process driver: `sh` runs the command in the artifact directory, under a data limit
+/// for the environment's memory (what the shell can set on any Unix). The data limit counts
+/// memory a process can write, not address space it only reserves: an address-space limit
+/// (`ulimit -v`) starves threaded programs, whose allocator reserves 64 MiB per thread arena.
 fn process_command(dir: &Path, command: &str, memory_gib: f64, variables: &[(&str, String)]) -> tokio::process::Command {
     let limit = if memory_gib > 0.0 {
-        format!("ulimit -v {} 2>/dev/null; ", (memory_gib * 1024.0 * 1024.0) as u64)
+        format!("ulimit -d {} 2>/dev/null; ", (memory_gib * 1024.0 * 1024.0) as u64)
     } else {
         String::new()
     };
