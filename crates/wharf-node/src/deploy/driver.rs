@@ -105,8 +105,8 @@ async fn write(node: &NodeContext, command: DeployCommand) -> Result<(), ApiErro
 async fn run_instance(node: Arc<NodeContext>, record: InstanceRecord, mut stop: watch::Receiver<bool>) {
     let id = record.id;
     match start(&node, &record).await {
-        Ok(mut child) => {
-            supervise(&node, &record, &mut child, &mut stop).await;
+        Ok((mut child, port)) => {
+            supervise(&node, &record, port, &mut child, &mut stop).await;
             let in_container = release_of(&node, &record).is_ok_and(|r| matches!(r.settings.driver, DriverSpec::Docker { .. }));
             if in_container {
                 // Signals to the `docker run` client do not stop the container: ask the engine.
@@ -144,7 +144,8 @@ fn release_of(node: &NodeContext, record: &InstanceRecord) -> Result<Release, St
         .ok_or_else(|| format!("revision {} has no release", record.revision))
 }
 
-async fn start(node: &Arc<NodeContext>, record: &InstanceRecord) -> Result<tokio::process::Child, String> {
+/// Starts the instance's process; returns it and the port it serves on.
+async fn start(node: &Arc<NodeContext>, record: &InstanceRecord) -> Result<(tokio::process::Child, u16), String> {
     let release = release_of(node, record)?;
     let directory = node.meta.directory();
     let env = directory.environment(record.env).ok_or("its environment is gone")?;
@@ -179,7 +180,7 @@ async fn start(node: &Arc<NodeContext>, record: &InstanceRecord) -> Result<tokio
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(instance = record.id, env = %env.name, revision = record.revision, port, "instance started");
-    Ok(child)
+    Ok((child, port))
 }
 
 /// The process driver: `sh` runs the command in the artifact directory, under a data limit
@@ -287,11 +288,16 @@ pub(crate) fn read_instance_log(node: &NodeContext, id: u64, offset: u64) -> Res
 }
 
 /// Checks health until the process ends or the record says stop, recording each change.
-async fn supervise(node: &NodeContext, record: &InstanceRecord, child: &mut tokio::process::Child, stop: &mut watch::Receiver<bool>) {
+async fn supervise(
+    node: &NodeContext,
+    record: &InstanceRecord,
+    port: u16,
+    child: &mut tokio::process::Child,
+    stop: &mut watch::Receiver<bool>,
+) {
+    // The port comes from the start, not from the records: this node's copy of the records
+    // may not show the start yet.
     let health = release_of(node, record).map(|r| r.health).unwrap_or_default();
-    let Some(port) = node.meta.directory().instances(Some(record.env)).iter().find(|i| i.id == record.id).and_then(|i| i.port) else {
-        return;
-    };
     let mut checks = Checks::new(&health);
     let interval = Duration::from_millis(health.interval_ms.max(50));
     loop {
