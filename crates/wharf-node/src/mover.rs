@@ -264,23 +264,34 @@ pub(crate) async fn import(node: &Arc<NodeContext>, request: ImportRepo) -> Resu
 }
 
 /// Copies transfer `transfer` from node `from` into `file`, a piece at a time.
-pub(crate) async fn pull(node: &Arc<NodeContext>, from: NodeId, transfer: u64, file: &std::path::Path) -> Result<(), ApiError> {
+pub(crate) async fn pull(node: &NodeContext, from: NodeId, transfer: u64, file: &std::path::Path) -> Result<(), ApiError> {
+    pull_chunks(node, from, file, |offset| NodeRequest::ReadTransfer { transfer, offset }).await
+}
+
+/// Copies a file that node `from` serves in chunks (`request(offset)` asks for the chunk at
+/// `offset`; the reply is a [`NodeReply::Chunk`]) into `file`, and syncs it.
+pub(crate) async fn pull_chunks(
+    node: &NodeContext,
+    from: NodeId,
+    file: &std::path::Path,
+    request: impl Fn(u64) -> NodeRequest,
+) -> Result<(), ApiError> {
     use tokio::io::AsyncWriteExt;
     if let Some(dir) = file.parent() {
-        tokio::fs::create_dir_all(dir).await.map_err(|e| ApiError::internal("transfer directory", e))?;
+        tokio::fs::create_dir_all(dir).await.map_err(|e| ApiError::internal("create directory", e))?;
     }
-    let mut out = tokio::fs::File::create(file).await.map_err(|e| ApiError::internal("create transfer file", e))?;
+    let mut out = tokio::fs::File::create(file).await.map_err(|e| ApiError::internal("create file", e))?;
     let mut offset = 0u64;
     loop {
-        let chunk = match node.peers.call(from, &NodeRequest::ReadTransfer { transfer, offset }).await? {
+        let chunk = match node.peers.call(from, &request(offset)).await? {
             NodeReply::Chunk(chunk) => chunk,
-            other => return Err(ApiError::internal("pull transfer", format!("unexpected reply {other:?}"))),
+            other => return Err(ApiError::internal("pull", format!("unexpected reply {other:?}"))),
         };
-        out.write_all(&chunk.data).await.map_err(|e| ApiError::internal("write transfer file", e))?;
+        out.write_all(&chunk.data).await.map_err(|e| ApiError::internal("write file", e))?;
         offset += chunk.data.len() as u64;
         if chunk.eof {
             break;
         }
     }
-    out.sync_all().await.map_err(|e| ApiError::internal("sync transfer file", e))
+    out.sync_all().await.map_err(|e| ApiError::internal("sync file", e))
 }

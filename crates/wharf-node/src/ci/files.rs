@@ -51,7 +51,8 @@ pub(crate) fn read_artifact(node: &NodeContext, id: u64, path: &str, offset: u64
     Ok(SessionChunk { data, eof })
 }
 
-fn read_at(mut file: std::fs::File, offset: u64) -> Result<Vec<u8>, ApiError> {
+/// Up to [`MAX_CHUNK_BYTES`] of `file` from `offset`.
+pub(crate) fn read_at(mut file: std::fs::File, offset: u64) -> Result<Vec<u8>, ApiError> {
     file.seek(SeekFrom::Start(offset)).map_err(|e| ApiError::internal("seek", e))?;
     let mut data = Vec::new();
     file.take(MAX_CHUNK_BYTES as u64)

@@ -20,7 +20,7 @@ use wharf_git::GitRepo;
 use wharf_meta::{CiCommand, Command, CommandOutcome, RefUpdate};
 use wharf_proto::{ApiError, CiAction, NodeReply, PipelineRecord, RepoId};
 
-pub(crate) use files::{read_artifact, read_log};
+pub(crate) use files::{read_artifact, read_at, read_log};
 pub(crate) use runner::{spawn_runner, Runner};
 
 use crate::repo_actor::RepoContext;

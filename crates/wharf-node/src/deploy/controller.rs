@@ -15,7 +15,7 @@ use wharf_meta::DeployCommand;
 use wharf_proto::deploy::{
     DeploymentKind, DeploymentRecord, DeploymentStatus, InstanceHealth, InstanceRecord, InstanceTraffic, Release, Strategy,
 };
-use wharf_proto::{ApiError, NodeReply, NodeRequest, NodeState, RepoRequest, ROUTERS_GROUP};
+use wharf_proto::{ApiError, Directory, NodeReply, NodeRequest, NodeState, RepoRequest, ROUTERS_GROUP};
 
 use super::strategy::{next_step, Situation, Step};
 use crate::NodeContext;
@@ -534,17 +534,11 @@ async fn plan(node: &NodeContext, record: &DeploymentRecord) -> Result<Release, 
     let spec = pipeline
         .deploy
         .ok_or_else(|| format!("{} at {} has no deploy section", wharf_ci::PIPELINE_FILE, short(&record.sha)))?;
-    // The pipeline that passed may have passed a moment ago: this node's copy of the records
-    // can lag the leader's by a replication round, so look again for a few seconds.
-    let mut artifact_job = None;
-    for _ in 0..20 {
-        artifact_job = passed_artifact_job(node, repo.id, &record.sha, &spec.from);
-        if artifact_job.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let artifact_job = artifact_job
+    // The pipeline may have passed a moment ago: this node's copy of the records can lag the
+    // leader's by a replication round, so wait a little for it to show the passed job.
+    let found = |directory: &dyn Directory| passed_artifact_job(directory, repo.id, &record.sha, &spec.from);
+    let _ = node.meta.wait_for_state(Duration::from_secs(5), "the passed job", |d| found(d).is_some()).await;
+    let artifact_job = found(node.meta.directory().as_ref())
         .ok_or_else(|| format!("no passed run of job {:?} with artifacts at {}: run its pipeline first", spec.from, short(&record.sha)))?;
     Ok(Release {
         sha: record.sha.clone(),
@@ -556,8 +550,7 @@ async fn plan(node: &NodeContext, record: &DeploymentRecord) -> Result<Release, 
 }
 
 /// The newest passed run of job `name` with artifacts among the pipelines of `sha`.
-fn passed_artifact_job(node: &NodeContext, repo: wharf_proto::RepoId, sha: &str, name: &str) -> Option<wharf_proto::JobRecord> {
-    let directory = node.meta.directory();
+fn passed_artifact_job(directory: &dyn Directory, repo: wharf_proto::RepoId, sha: &str, name: &str) -> Option<wharf_proto::JobRecord> {
     directory
         .pipelines(repo, 100)
         .into_iter()

@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use wharf_meta::DeployCommand;
 use wharf_proto::deploy::{DriverSpec, HealthCheck, InstanceHealth, InstanceRecord, Release};
-use wharf_proto::{ApiError, NodeReply, NodeRequest};
+use wharf_proto::{ApiError, NodeRequest};
 
 use crate::NodeContext;
 
@@ -105,9 +105,8 @@ async fn write(node: &NodeContext, command: DeployCommand) -> Result<(), ApiErro
 async fn run_instance(node: Arc<NodeContext>, record: InstanceRecord, mut stop: watch::Receiver<bool>) {
     let id = record.id;
     match start(&node, &record).await {
-        Ok((mut child, port)) => {
+        Ok(Started { mut child, port, in_container }) => {
             supervise(&node, &record, port, &mut child, &mut stop).await;
-            let in_container = release_of(&node, &record).is_ok_and(|r| matches!(r.settings.driver, DriverSpec::Docker { .. }));
             if in_container {
                 // Signals to the `docker run` client do not stop the container: ask the engine.
                 stop_container(record.id).await;
@@ -144,8 +143,18 @@ fn release_of(node: &NodeContext, record: &InstanceRecord) -> Result<Release, St
         .ok_or_else(|| format!("revision {} has no release", record.revision))
 }
 
-/// Starts the instance's process; returns it and the port it serves on.
-async fn start(node: &Arc<NodeContext>, record: &InstanceRecord) -> Result<(tokio::process::Child, u16), String> {
+/// A started instance.
+struct Started {
+    /// Its process (for the Docker driver, the `docker run` client).
+    child: tokio::process::Child,
+    /// The port it serves on.
+    port: u16,
+    /// Whether it runs in a container (stopping it is then the engine's job).
+    in_container: bool,
+}
+
+/// Starts the instance's process.
+async fn start(node: &Arc<NodeContext>, record: &InstanceRecord) -> Result<Started, String> {
     let release = release_of(node, record)?;
     let directory = node.meta.directory();
     let env = directory.environment(record.env).ok_or("its environment is gone")?;
@@ -180,7 +189,8 @@ async fn start(node: &Arc<NodeContext>, record: &InstanceRecord) -> Result<(toki
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(instance = record.id, env = %env.name, revision = record.revision, port, "instance started");
-    Ok((child, port))
+    let in_container = matches!(release.settings.driver, DriverSpec::Docker { .. });
+    Ok(Started { child, port, in_container })
 }
 
 /// The process driver: `sh` runs the command in the artifact directory, under a data limit
@@ -274,15 +284,10 @@ fn instance_log_path(node: &NodeContext, id: u64) -> PathBuf {
 /// Reads up to [`wharf_proto::MAX_CHUNK_BYTES`] of instance `id`'s output from `offset`; `eof`
 /// once everything written so far has been read.
 pub(crate) fn read_instance_log(node: &NodeContext, id: u64, offset: u64) -> Result<wharf_proto::SessionChunk, ApiError> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(instance_log_path(node, id)).map_err(|_| ApiError::NotFound {
+    let file = std::fs::File::open(instance_log_path(node, id)).map_err(|_| ApiError::NotFound {
         what: format!("the log of instance {id}"),
     })?;
-    file.seek(SeekFrom::Start(offset)).map_err(|e| ApiError::internal("seek", e))?;
-    let mut data = Vec::new();
-    file.take(wharf_proto::MAX_CHUNK_BYTES as u64)
-        .read_to_end(&mut data)
-        .map_err(|e| ApiError::internal("read", e))?;
+    let data = crate::ci::read_at(file, offset)?;
     let eof = data.len() < wharf_proto::MAX_CHUNK_BYTES;
     Ok(wharf_proto::SessionChunk { data, eof })
 }
@@ -452,26 +457,8 @@ async fn fetch_artifacts(node: &Arc<NodeContext>, job: u64) -> Result<PathBuf, S
 }
 
 async fn fetch_file(node: &NodeContext, from: wharf_proto::NodeId, job: u64, path: &str, target: &Path) -> Result<(), ApiError> {
-    if let Some(parent) = target.parent() {
-        tokio::fs::create_dir_all(parent).await.map_err(|e| ApiError::internal("release directory", e))?;
-    }
-    let mut out = tokio::fs::File::create(target).await.map_err(|e| ApiError::internal("release file", e))?;
-    let mut offset = 0;
-    loop {
-        let request = NodeRequest::ReadArtifact {
-            job,
-            path: path.to_owned(),
-            offset,
-        };
-        let NodeReply::Chunk(chunk) = node.peers.call(from, &request).await? else {
-            return Err(ApiError::internal("fetch artifact", "unexpected reply"));
-        };
-        out.write_all(&chunk.data).await.map_err(|e| ApiError::internal("release file", e))?;
-        offset += chunk.data.len() as u64;
-        if chunk.eof {
-            break;
-        }
-    }
+    let path = path.to_owned();
+    crate::mover::pull_chunks(node, from, target, |offset| NodeRequest::ReadArtifact { job, path: path.clone(), offset }).await?;
     // Artifacts keep no modes; a release's scripts must be runnable.
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o755));
