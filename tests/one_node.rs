@@ -4,7 +4,7 @@ use std::path::Path;
 
 use base64::Engine;
 use rand::RngCore;
-use serde_json::json;
+use serde_json::{json, Value};
 use wharf_tests::{files_under, git, git_ok, Wharf};
 
 /// A working tree with nested folders, an executable and a binary file, committed on `main`.
@@ -504,4 +504,60 @@ fn repository_actors_activate_on_demand_and_passivate_when_idle() {
     // The next request activates it again, with everything in place.
     assert_eq!(branch_tip(&wharf, "acme/idle", "main"), head);
     assert_eq!(actors(), Some(1));
+}
+
+/// A data directory written by Wharf before the metadata moved to sled key spaces (format 0:
+/// a JSON snapshot and JSON log entries, made by `tests/fixtures/make-format0-data.sh`) starts
+/// and serves everything it held after the upgrade, keeps numbering where it left off, and
+/// starts again in the new format.
+#[test]
+fn a_format_0_data_directory_is_migrated_on_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/format0-data.tar.gz");
+    let untar = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&fixture)
+        .arg("-C")
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(untar.success(), "cannot unpack {}", fixture.display());
+    let data = dir.path().join("data");
+    let old_token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+
+    let check = |wharf: &Wharf| {
+        assert_eq!(wharf.token, old_token.trim(), "the admin token of format 0 still works");
+        let names: Vec<Value> = wharf.get("/api/v1/repos").json["repos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].clone())
+            .collect();
+        assert!(names.contains(&json!("acme/app")), "{names:?}");
+        assert!(names.contains(&json!("acme/after-snapshot")), "written after the snapshot: {names:?}");
+        let variables = wharf.request("GET", "/api/v1/repos/acme/app/variables", None, Some(&wharf.token));
+        let variables = variables.json["variables"].as_array().unwrap().clone();
+        assert_eq!(variables.len(), 5101, "5,100 variables in the snapshot and one in the log after it");
+        let secret = variables.iter().find(|v| v["name"] == "API_KEY").unwrap();
+        assert_eq!((secret["secret"].clone(), secret["value"].clone()), (json!(true), Value::Null));
+        let pipelines = wharf.get("/api/v1/repos/acme/app/pipelines").json["pipelines"].clone();
+        assert_eq!(pipelines[0]["status"], "passed", "{pipelines}");
+        assert_eq!(wharf.get("/api/v1/repos/acme/app/events").json["events"].as_array().unwrap().len(), 1);
+        let environments = wharf.get("/api/v1/environments?project_id=acme/app").json["environments"].clone();
+        assert_eq!(environments[0]["name"], "staging", "{environments}");
+    };
+
+    let mut wharf = Wharf::start(&data);
+    check(&wharf);
+    assert!(data.join("meta/snapshots/current.snap").is_file(), "format 0's snapshot became a snapshot file");
+    let clone = tempfile::tempdir().unwrap();
+    git_ok(clone.path(), &["clone", "-q", &wharf.clone_url("acme/app"), "copy"]);
+    assert_eq!(std::fs::read_to_string(clone.path().join("copy/README.md")).unwrap(), "format 0\n");
+    let created = wharf.create_repo("acme/new");
+    assert_eq!(created["id"], 3, "repository ids continue after format 0's");
+    wharf.stop();
+
+    let wharf = Wharf::start(&data);
+    check(&wharf);
+    assert_eq!(wharf.get("/api/v1/repos/acme/new").status, 200);
 }

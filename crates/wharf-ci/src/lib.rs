@@ -7,6 +7,10 @@
 //! can no longer run. [`parse_junit`] and [`parse_cobertura`] read the test and coverage reports
 //! a job writes, and [`SecretMasker`] hides the repository's secrets in its log lines.
 //!
+//! [`state`] holds the CI records (pipelines, jobs with their leases, variables): the
+//! [`CiCommand`]s that change them and their `apply`, over the typed key spaces that
+//! `wharf-meta` keeps in sled.
+//!
 //! This crate is pure: it reads no files, runs nothing and knows nothing of Raft or actors.
 //! The node that runs jobs and the metadata that records them build on it.
 
@@ -15,12 +19,14 @@ mod duration;
 mod reports;
 mod schedule;
 mod spec;
+pub mod state;
 
 pub use deploy::{DeploySpec, DriverSpec, EnvironmentSpec, HealthCheck, Strategy};
 pub use duration::parse_duration;
 pub use reports::{parse_cobertura, parse_junit, SecretMasker};
 pub use schedule::{pipeline_status, schedule, JobStatus, PipelineStatus, Step};
 pub use spec::{Artifacts, Job, Pipeline, PipelineError, PlannedJob, Reports};
+pub use state::{CiCommand, JobResult, MAX_LOST_RUNNERS};
 
 /// The file a repository's pipeline is read from, at its root.
 pub const PIPELINE_FILE: &str = ".wharf.yml";

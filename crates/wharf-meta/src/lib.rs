@@ -1,42 +1,54 @@
 //! Wharf's metadata: one openraft group whose log and state machine live in sled.
 //!
 //! The metadata is everything that is not a repository's content: members, repository
-//! records and their owners, push events, tokens, pipelines and jobs with their leases
-//! (`ci`), environments, deployments and instances (`deploy`). It changes only through [`Meta::write`],
-//! which proposes a [`Command`] to Raft and returns the state machine's answer once the
-//! command is committed and applied. Reads go to [`Meta::directory`], an in-memory view of
-//! the applied state, so routing a request never waits on Raft.
+//! records and their owners, push events, tokens ([`records`]), pipelines and jobs with their
+//! leases (`wharf-ci`), environments, deployments and instances (`wharf-deploy`). It changes
+//! only through [`Meta::write`], which proposes a [`Command`] to Raft and returns the state
+//! machine's answer once the command is committed and applied. The state machine keeps every
+//! record in typed sled key spaces ([`keys`]), written in one atomic batch with the applied
+//! log id; nothing is held in memory beyond sled's bounded cache. Reads go to
+//! [`Meta::directory`], a view of the applied records on the local disk, so routing a request
+//! never waits on Raft.
 //!
-//! This crate owns the sled database of a node (one per process: sled holds a file lock).
-//! It knows nothing of git, actors or HTTP.
+//! Everything this crate writes (log entries, records, Raft messages between nodes, forwarded
+//! writes) is encoded with the one versioned codec of `wharf-proto`; the data directory
+//! carries its format version ([`keys::DATA_FORMAT`]), and a directory of the previous format
+//! is migrated on open ([`legacy`]).
+//!
+//! This crate owns the sled database of a node (one per process: sled holds a file lock) and
+//! holds no domain rules of its own beyond the cluster's records: CI and deployment commands
+//! are applied by their crates. It knows nothing of git, actors or HTTP. [`Meta::shutdown`]
+//! stops Raft and flushes sled.
 
-mod ci;
-mod command;
-mod deploy;
+pub mod keys;
+mod legacy;
 mod log_store;
 mod network;
+pub mod records;
 mod state_machine;
+mod store;
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{BasicNode, Config, Raft};
 use serde::Serialize;
-use wharf_proto::{Directory, NodeId};
+use wharf_proto::{codec, Directory, NodeId};
 
-pub use ci::{CiCommand, JobResult, MAX_LOST_RUNNERS};
-pub use deploy::{DeployCommand, DeployOutcome};
-pub use command::{hash_token, Command, CommandOutcome, CommandResult, RefUpdate, State};
 pub use network::{RaftTransport, TransportError, TransportFuture};
+pub use records::{hash_token, Command, CommandOutcome, CommandResult, RefUpdate};
+pub use wharf_ci::{CiCommand, JobResult, MAX_LOST_RUNNERS};
+pub use wharf_deploy::{DeployCommand, DeployOutcome};
 
 openraft::declare_raft_types!(
-    /// Wharf's Raft types: commands in, command results out, nodes known by address.
+    /// Wharf's Raft types: commands in, command results out, nodes known by address,
+    /// snapshots as files.
     pub TypeConfig:
         D = Command,
         R = CommandResult,
+        SnapshotData = tokio::fs::File,
 );
 
 /// How long a write waits for a leader to exist and accept it.
@@ -52,6 +64,14 @@ pub struct MetaConfig {
     pub election_min_ms: u64,
     /// Upper bound of the randomized election timeout.
     pub election_max_ms: u64,
+    /// sled's page cache, in bytes. Default 32 MiB. The records are read through it; a
+    /// larger cache keeps more of a big metadata set in memory, a smaller one reads the disk
+    /// more often. Memory does not otherwise grow with the records held.
+    pub cache_bytes: u64,
+    /// Log entries applied between two snapshots. Default 20,000. A snapshot copies every
+    /// record to a file while applying waits, so fewer snapshots cost less; the log kept on
+    /// disk until the next one is the price.
+    pub snapshot_every: u64,
 }
 
 impl Default for MetaConfig {
@@ -60,6 +80,8 @@ impl Default for MetaConfig {
             heartbeat_ms: 250,
             election_min_ms: 1500,
             election_max_ms: 3000,
+            cache_bytes: 32 << 20,
+            snapshot_every: 20_000,
         }
     }
 }
@@ -68,9 +90,51 @@ impl Default for MetaConfig {
 /// [`ApiError`] inside a successful write).
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
-    /// sled could not be opened or read.
-    #[error("metadata storage: {0}")]
-    Storage(String),
+    /// sled failed.
+    #[error("metadata storage, {what}: {source}")]
+    Storage {
+        /// What was being done.
+        what: &'static str,
+        /// What sled said.
+        source: sled::Error,
+    },
+    /// A file beside the database (snapshots) could not be read or written.
+    #[error("metadata files, {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// A stored value or a peer's message does not decode.
+    #[error("metadata encoding, {what}: {source}")]
+    Codec {
+        /// What was being decoded.
+        what: &'static str,
+        /// What the codec said.
+        source: wharf_proto::codec::CodecError,
+    },
+    /// The data directory was written by a newer Wharf.
+    #[error(
+        "the metadata in this data directory has format {found}, newer than this Wharf knows ({known}): \
+         run the Wharf version that wrote it, or a newer one"
+    )]
+    NewerFormat {
+        /// The directory's format.
+        found: u32,
+        /// The newest this build knows.
+        known: u32,
+    },
+    /// A data directory of the previous format could not be migrated.
+    #[error("migrating the metadata from format 0: {0}")]
+    Migration(String),
+    /// A snapshot install was cut short (a crash while a follower took the leader's state):
+    /// the records are incomplete.
+    #[error(
+        "a snapshot install into this data directory was interrupted, so its metadata is incomplete: \
+         remove its meta/ directory and join the node to the cluster again"
+    )]
+    Interrupted,
     /// Raft failed.
     #[error("raft: {0}")]
     Raft(String),
@@ -122,7 +186,7 @@ pub struct Meta {
 struct Inner {
     raft: Raft<TypeConfig>,
     transport: Option<Arc<dyn RaftTransport>>,
-    state: Arc<command::SharedState>,
+    records: store::TreeRecords,
     db: sled::Db,
     node_id: NodeId,
     addr: String,
@@ -139,18 +203,30 @@ impl Meta {
         transport: Option<Arc<dyn RaftTransport>>,
     ) -> Result<Meta, MetaError> {
         let path = dir.to_owned();
-        let db = tokio::task::spawn_blocking(move || sled::open(path))
+        let cache_bytes = config.cache_bytes;
+        let db = tokio::task::spawn_blocking(move || sled::Config::new().path(path).cache_capacity(cache_bytes).open())
             .await
-            .map_err(|e| MetaError::Storage(e.to_string()))?
-            .map_err(|e| MetaError::Storage(format!("cannot open {}: {e}", dir.display())))?;
-        let log_store = log_store::LogStore::open(&db).map_err(|e| MetaError::Storage(e.to_string()))?;
-        let state_machine = state_machine::StateMachineStore::open(&db).map_err(MetaError::Storage)?;
-        let state = state_machine.state.clone();
+            .map_err(|e| MetaError::Io {
+                what: "opening the database",
+                source: std::io::Error::other(e),
+            })?
+            .map_err(MetaError::storage("opening the database"))?;
+        let log_store = log_store::LogStore::open(&db).map_err(MetaError::storage("opening the log"))?;
+        let state_machine = state_machine::StateMachineStore::open(&db, &dir.join("snapshots"))?;
+        let records = state_machine.records.clone();
+        {
+            let db = db.clone();
+            let state_machine = state_machine.clone();
+            tokio::task::spawn_blocking(move || legacy::upgrade(&db, &state_machine))
+                .await
+                .map_err(|e| MetaError::Migration(e.to_string()))??;
+        }
         let raft_config = Config {
             cluster_name: "wharf".into(),
             heartbeat_interval: config.heartbeat_ms,
             election_timeout_min: config.election_min_ms,
             election_timeout_max: config.election_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             ..Config::default()
         }
         .validate()
@@ -165,7 +241,7 @@ impl Meta {
             inner: Arc::new(Inner {
                 raft,
                 transport,
-                state,
+                records,
                 db,
                 node_id,
                 addr,
@@ -248,18 +324,18 @@ impl Meta {
     /// Answers a Raft RPC that a peer sent through its [`RaftTransport`].
     pub async fn handle_rpc(&self, payload: &[u8]) -> Vec<u8> {
         let raft = &self.inner.raft;
-        let rpc: network::RaftRpc = match serde_json::from_slice(payload) {
+        let rpc: network::RaftRpc = match codec::decode(payload) {
             Ok(rpc) => rpc,
             // The sender cannot decode an empty answer and treats the peer as unreachable.
             Err(error) => {
-                tracing::warn!(%error, "undecodable raft rpc");
+                tracing::warn!(%error, "undecodable raft rpc (a peer of another Wharf version?)");
                 return Vec::new();
             }
         };
         let encoded = match rpc {
-            network::RaftRpc::AppendEntries(rpc) => serde_json::to_vec(&raft.append_entries(rpc).await),
-            network::RaftRpc::InstallSnapshot(rpc) => serde_json::to_vec(&raft.install_snapshot(rpc).await),
-            network::RaftRpc::Vote(rpc) => serde_json::to_vec(&raft.vote(rpc).await),
+            network::RaftRpc::AppendEntries(rpc) => codec::encode(&raft.append_entries(rpc).await),
+            network::RaftRpc::InstallSnapshot(rpc) => codec::encode(&raft.install_snapshot(rpc).await),
+            network::RaftRpc::Vote(rpc) => codec::encode(&raft.vote(rpc).await),
         };
         encoded.unwrap_or_default()
     }
@@ -346,15 +422,20 @@ impl Meta {
         let Some(transport) = &self.inner.transport else {
             return Err(MetaError::NotLeader { leader: Some(leader) });
         };
-        let payload = serde_json::to_vec(command).map_err(|e| MetaError::Raft(e.to_string()))?;
+        let payload = codec::encode(command).map_err(|source| MetaError::Codec {
+            what: "a write to forward",
+            source,
+        })?;
         let answer = match transport.forward(leader, payload).await {
             Ok(answer) => answer,
             // Not sent at all: safe to try again once the connection or a new leader is there.
             Err(network::TransportError::NotConnected(_)) => return Err(MetaError::NotLeader { leader: None }),
             Err(error) => return Err(MetaError::Raft(format!("forwarding to leader {leader}: {error}"))),
         };
-        let answer: Result<CommandResult, ForwardRefusal> =
-            serde_json::from_slice(&answer).map_err(|e| MetaError::Raft(format!("undecodable answer from the leader: {e}")))?;
+        let answer: Result<CommandResult, ForwardRefusal> = codec::decode(&answer).map_err(|source| MetaError::Codec {
+            what: "the leader's answer to a forwarded write",
+            source,
+        })?;
         answer.map_err(|refusal| match refusal {
             // It stopped leading before it took the write: worth a retry.
             ForwardRefusal::NotLeader => MetaError::NotLeader { leader: None },
@@ -364,20 +445,20 @@ impl Meta {
 
     /// Answers a write forwarded by another member (see [`RaftTransport::forward`]).
     pub async fn handle_forwarded_write(&self, payload: &[u8]) -> Vec<u8> {
-        let answer: Result<CommandResult, ForwardRefusal> = match serde_json::from_slice::<Command>(payload) {
+        let answer: Result<CommandResult, ForwardRefusal> = match codec::decode::<Command>(payload) {
             Ok(command) => self.write_here(command).await.map_err(|error| match error {
                 MetaError::NotLeader { .. } => ForwardRefusal::NotLeader,
                 other => ForwardRefusal::Failed(other.to_string()),
             }),
             Err(error) => Err(ForwardRefusal::Failed(format!("undecodable forwarded write: {error}"))),
         };
-        serde_json::to_vec(&answer).unwrap_or_default()
+        codec::encode(&answer).unwrap_or_default()
     }
 
     /// The applied state, read locally.
     pub fn directory(&self) -> Arc<dyn Directory> {
         Arc::new(MetaDirectory {
-            state: self.inner.state.clone(),
+            records: self.inner.records.clone(),
             metrics: self.inner.raft.metrics(),
         })
     }
@@ -412,13 +493,26 @@ impl Meta {
         let db = self.inner.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
-            .map_err(|e| MetaError::Storage(e.to_string()))?
-            .map_err(|e| MetaError::Storage(e.to_string()))?;
+            .map_err(|e| MetaError::Io {
+                what: "flushing the database",
+                source: std::io::Error::other(e),
+            })?
+            .map_err(MetaError::storage("flushing the database"))?;
         Ok(())
     }
 }
 
 impl MetaError {
+    /// A maker of [`MetaError::Storage`] for `map_err`.
+    pub(crate) fn storage(what: &'static str) -> impl FnOnce(sled::Error) -> MetaError {
+        move |source| MetaError::Storage { what, source }
+    }
+
+    /// A maker of [`MetaError::Io`] for `map_err`.
+    pub(crate) fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> MetaError {
+        move |source| MetaError::Io { what, source }
+    }
+
     /// The error as an API caller sees it: a metadata store without a reachable leader is
     /// unavailable for a moment (503, retry); anything else is internal.
     pub fn into_api(self, what: &str) -> wharf_proto::ApiError {
@@ -430,7 +524,12 @@ impl MetaError {
                     retry_after_secs: 2,
                 }
             }
-            MetaError::Storage(_) => wharf_proto::ApiError::internal(what, self),
+            MetaError::Storage { .. }
+            | MetaError::Io { .. }
+            | MetaError::Codec { .. }
+            | MetaError::NewerFormat { .. }
+            | MetaError::Migration(_)
+            | MetaError::Interrupted => wharf_proto::ApiError::internal(what, self),
         }
     }
 }
@@ -447,79 +546,80 @@ fn write_error(
     }
 }
 
-/// The applied state, plus Raft's view of who leads: what routing and status pages read.
+/// The applied records on this node's disk, plus Raft's view of who leads: what routing and
+/// status pages read.
 struct MetaDirectory {
-    state: Arc<command::SharedState>,
+    records: store::TreeRecords,
     metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, BasicNode>>,
 }
 
 impl Directory for MetaDirectory {
     fn repo(&self, name: &wharf_proto::RepoName) -> Option<wharf_proto::RepoRecord> {
-        self.state.repo(name)
+        records::repo(&self.records, name)
     }
 
     fn repos(&self) -> Vec<wharf_proto::RepoRecord> {
-        self.state.repos()
+        records::repos(&self.records)
     }
 
     fn nodes(&self) -> Vec<wharf_proto::NodeRecord> {
-        self.state.nodes()
+        records::nodes(&self.records)
     }
 
     fn authenticate(&self, token: &str) -> Option<wharf_proto::Principal> {
-        self.state.authenticate(token)
+        records::authenticate(&self.records, token)
     }
 
     fn push_events(&self, repo: wharf_proto::RepoId, after: u64, limit: usize) -> Vec<wharf_proto::PushEvent> {
-        self.state.push_events(repo, after, limit)
+        records::push_events(&self.records, repo, after, limit)
     }
 
     fn pipelines(&self, repo: wharf_proto::RepoId, limit: usize) -> Vec<wharf_proto::PipelineRecord> {
-        self.state.pipelines(repo, limit)
+        wharf_ci::state::pipelines_of(&self.records, repo, limit)
     }
 
     fn pipeline(&self, id: u64) -> Option<wharf_proto::PipelineRecord> {
-        self.state.pipeline(id)
+        wharf_ci::state::pipeline(&self.records, id)
     }
 
     fn job(&self, id: u64) -> Option<wharf_proto::JobRecord> {
-        self.state.job(id)
+        wharf_ci::state::job(&self.records, id)
     }
 
     fn queued_jobs(&self, limit: usize) -> Vec<wharf_proto::JobRecord> {
-        self.state.queued_jobs(limit)
+        wharf_ci::state::jobs_with(&self.records, wharf_proto::JobStatus::Queued, limit)
     }
 
     fn running_jobs(&self) -> Vec<wharf_proto::JobRecord> {
-        self.state.running_jobs()
+        wharf_ci::state::jobs_with(&self.records, wharf_proto::JobStatus::Running, usize::MAX)
     }
 
     fn variables(&self, repo: wharf_proto::RepoId) -> Vec<wharf_proto::Variable> {
-        self.state.variables(repo)
+        wharf_ci::state::variables(&self.records, repo)
     }
 
     fn repo_by_id(&self, id: wharf_proto::RepoId) -> Option<wharf_proto::RepoRecord> {
-        self.state.repo_by_id(id)
+        records::repo_by_id(&self.records, id)
     }
 
     fn environments(&self, repo: Option<wharf_proto::RepoId>) -> Vec<wharf_proto::deploy::EnvironmentRecord> {
-        self.state.environments(repo)
+        wharf_deploy::environments(&self.records, repo)
     }
 
     fn environment(&self, id: u64) -> Option<wharf_proto::deploy::EnvironmentRecord> {
-        self.state.environment(id)
+        wharf_deploy::environment(&self.records, id)
     }
 
     fn deployments(&self, env: Option<u64>) -> Vec<wharf_proto::deploy::DeploymentRecord> {
-        self.state.deployments(env)
+        wharf_deploy::deployments(&self.records, env)
     }
 
     fn deployment(&self, id: u64) -> Option<wharf_proto::deploy::DeploymentRecord> {
-        self.state.deployment(id)
+        wharf_deploy::deployment(&self.records, id)
     }
 
     fn instances(&self, env: Option<u64>) -> Vec<wharf_proto::deploy::InstanceRecord> {
-        self.state.instances(env)
+        wharf_deploy::instances(&self.records, env)
     }
 
     fn raft_roles(&self) -> Vec<(NodeId, wharf_proto::RaftRole)> {
@@ -545,7 +645,3 @@ pub(crate) fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests;
-
-// `declare_raft_types!` names the snapshot type `Cursor<Vec<u8>>` unqualified.
-#[allow(dead_code)]
-type SnapshotData = Cursor<Vec<u8>>;

@@ -2,7 +2,8 @@
 //!
 //! Entries live in the `raft_log` tree under their index as 8 big-endian bytes, so sled's
 //! key order is log order; the vote, the committed id and the last purged id live in the
-//! `raft_meta` tree. An append is reported durable to openraft only after a blocking
+//! `raft_meta` tree. Values are encoded with the one versioned codec
+//! ([`wharf_proto::codec`]). An append is reported durable to openraft only after a blocking
 //! `flush` (sled's `flush_async` can deadlock under concurrency).
 
 use std::fmt::Debug;
@@ -13,11 +14,13 @@ use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use wharf_proto::codec;
+
 use crate::TypeConfig;
 
-const VOTE: &[u8] = b"vote";
-const COMMITTED: &[u8] = b"committed";
-const LAST_PURGED: &[u8] = b"last_purged";
+pub(crate) const VOTE: &[u8] = b"vote";
+pub(crate) const COMMITTED: &[u8] = b"committed";
+pub(crate) const LAST_PURGED: &[u8] = b"last_purged";
 
 type StorageResult<T> = Result<T, StorageError<u64>>;
 
@@ -43,11 +46,11 @@ impl LogStore {
         let Some(bytes) = self.meta.get(key).map_err(read_error)? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(read_error)
+        codec::decode(&bytes).map(Some).map_err(read_error)
     }
 
     fn put_meta<T: Serialize>(&self, key: &[u8], value: &T) -> StorageResult<()> {
-        let bytes = serde_json::to_vec(value).map_err(write_error)?;
+        let bytes = codec::encode(value).map_err(write_error)?;
         self.meta.insert(key, bytes).map_err(write_error)?;
         Ok(())
     }
@@ -89,7 +92,7 @@ fn write_error(error: impl ToString) -> StorageError<u64> {
 }
 
 fn decode_entry(bytes: &[u8]) -> StorageResult<Entry<TypeConfig>> {
-    serde_json::from_slice(bytes).map_err(read_error)
+    codec::decode(bytes).map_err(read_error)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -159,7 +162,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            let bytes = serde_json::to_vec(&entry).map_err(write_error)?;
+            let bytes = codec::encode(&entry).map_err(write_error)?;
             batch.insert(&key(entry.log_id.index), bytes);
         }
         self.log.apply_batch(batch).map_err(write_error)?;

@@ -23,6 +23,8 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use wharf_proto::codec;
+
 use crate::TypeConfig;
 
 /// What a transport's call returns: the peer's encoded answer, or why it did not arrive.
@@ -97,13 +99,14 @@ impl Peer {
         let Some(transport) = &self.transport else {
             return Err(self.unreachable("this node has no cluster transport".into()));
         };
-        let payload = serde_json::to_vec(&rpc).map_err(|e| self.unreachable(e.to_string()))?;
+        let payload = codec::encode(&rpc).map_err(|e| self.unreachable(e.to_string()))?;
         let answer = transport
             .call(self.target, payload)
             .await
             .map_err(|error| self.unreachable(error.to_string()))?;
-        let answer: Result<T, E> =
-            serde_json::from_slice(&answer).map_err(|e| self.unreachable(format!("undecodable answer: {e}")))?;
+        // An empty answer is a peer that could not decode the request: another format version.
+        let answer: Result<T, E> = codec::decode(&answer)
+            .map_err(|e| self.unreachable(format!("undecodable answer from node {} (another Wharf version?): {e}", self.target)))?;
         answer.map_err(|error| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), error)))
     }
 }

@@ -16,7 +16,7 @@ pub enum CodecError {
     #[error("empty input: no format version byte")]
     Empty,
     /// A version this build does not know (written by a newer Wharf).
-    #[error("unknown format version {0}")]
+    #[error("unknown format version {0}: written by a newer Wharf; upgrade this process to read it")]
     UnknownVersion(u8),
     /// The bytes do not decode as the expected type.
     #[error("malformed {type_name}: {source}")]

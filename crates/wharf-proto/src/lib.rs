@@ -20,6 +20,7 @@ mod error;
 mod ids;
 mod message;
 mod records;
+pub mod store;
 mod views;
 
 pub use client::NodeClient;

@@ -1,7 +1,10 @@
-//! The CI part of the metadata: pipelines, their jobs, and repositories' CI variables.
+//! The CI records of the metadata: pipelines, their jobs, and repositories' CI variables,
+//! with the commands that change them and [`apply`], over typed key spaces ([`keys`]) of a
+//! [`RecordsMut`] store. `wharf-meta` runs [`apply`] inside its Raft state machine, on sled;
+//! the tests here run it on [`wharf_proto::store::MemRecords`].
 //!
 //! Jobs move through their statuses only here, so every replica agrees on them:
-//! - a pipeline is created with its jobs `created`; [`CiState::advance`] queues each job once
+//! - a pipeline is created with its jobs `created`; [`apply`] queues each job once
 //!   everything it needs has passed, and skips it once one of those did not pass;
 //! - a runner on any node takes a queued job with [`CiCommand::ClaimJob`], which gives it a
 //!   lease; it renews the lease while the job runs and reports the end with
@@ -14,10 +17,12 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use wharf_ci::PlannedJob;
+use wharf_proto::store::{Order, Records, RecordsMut, Sequence};
 use wharf_proto::{
     ApiError, ArtifactFile, JobRecord, JobStatus, NodeId, PipelineRecord, PipelineStatus, RepoId, TestReport, Variable,
 };
+
+use crate::PlannedJob;
 
 /// How many runners a job may lose (a lease that ran out) before it fails instead of being
 /// queued again: a job that kills its runner every time must not loop forever.
@@ -146,291 +151,363 @@ pub struct JobResult {
     pub message: Option<String>,
 }
 
-/// Pipelines, jobs and variables, as applied.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CiState {
-    pipelines: BTreeMap<u64, PipelineRecord>,
-    jobs: BTreeMap<u64, JobRecord>,
-    next_pipeline_id: u64,
-    next_job_id: u64,
-    /// Variables by repository id, then name.
-    variables: BTreeMap<u64, BTreeMap<String, Variable>>,
+/// Where the CI records live in the metadata store.
+pub mod keys {
+    use wharf_proto::store::KeySpace;
+    use wharf_proto::{JobRecord, PipelineRecord, Variable};
+
+    /// Pipelines by id.
+    pub const PIPELINES: KeySpace<u64, PipelineRecord> = KeySpace::new(0x20, "ci.pipelines");
+    /// Index: `(repository, pipeline)`, so a repository's pipelines list newest first.
+    pub const PIPELINES_BY_REPO: KeySpace<(u64, u64), ()> = KeySpace::new(0x21, "ci.pipelines_by_repo");
+    /// Jobs by id.
+    pub const JOBS: KeySpace<u64, JobRecord> = KeySpace::new(0x22, "ci.jobs");
+    /// Index: `(status, job)`, so runners find queued jobs and the leader running ones
+    /// without reading every job.
+    pub const JOBS_BY_STATUS: KeySpace<(u8, u64), ()> = KeySpace::new(0x23, "ci.jobs_by_status");
+    /// Variables by `(repository, name)`.
+    pub const VARIABLES: KeySpace<(u64, String), Variable> = KeySpace::new(0x24, "ci.variables");
+    /// The next pipeline and job ids.
+    pub const SEQUENCES: KeySpace<String, u64> = KeySpace::new(0x25, "ci.sequences");
+
+    /// Every key space of this crate: prefix and name.
+    pub const ALL: &[(u8, &str)] = &[
+        (PIPELINES.prefix, PIPELINES.name),
+        (PIPELINES_BY_REPO.prefix, PIPELINES_BY_REPO.name),
+        (JOBS.prefix, JOBS.name),
+        (JOBS_BY_STATUS.prefix, JOBS_BY_STATUS.name),
+        (VARIABLES.prefix, VARIABLES.name),
+        (SEQUENCES.prefix, SEQUENCES.name),
+    ];
 }
+
+use keys::{JOBS, JOBS_BY_STATUS, PIPELINES, PIPELINES_BY_REPO, SEQUENCES, VARIABLES};
+
+const PIPELINE_IDS: Sequence = Sequence(SEQUENCES, "pipeline");
+const JOB_IDS: Sequence = Sequence(SEQUENCES, "job");
 
 type Outcome = Result<Option<PipelineRecord>, ApiError>;
 
-impl CiState {
-    /// Applies one command; returns the pipeline it changed, if any.
-    pub fn apply(&mut self, command: CiCommand) -> Outcome {
-        match command {
-            CiCommand::CreatePipeline {
-                repo,
-                ref_name,
-                sha,
-                jobs,
-                error,
-                now_ms,
-            } => Ok(Some(self.create_pipeline(repo, ref_name, sha, jobs, error, now_ms))),
-            CiCommand::ClaimJob {
-                job,
-                node,
-                now_ms,
-                lease_ms,
-            } => {
-                let record = self.job_mut(job)?;
-                if record.status != JobStatus::Queued {
-                    return Err(ApiError::Conflict {
-                        message: format!("job {job} is {:?}, not queued", record.status),
-                    });
-                }
-                record.status = JobStatus::Running;
-                record.node = Some(node);
-                record.attempt += 1;
-                record.started_ms = Some(now_ms);
-                record.lease_until_ms = Some(now_ms + lease_ms);
-                record.message = None;
-                let pipeline = record.pipeline;
-                Ok(self.advance(pipeline, now_ms))
-            }
-            CiCommand::RenewLease {
-                job,
-                node,
-                attempt,
-                until_ms,
-            } => {
-                let record = self.held_by(job, node, attempt)?;
-                record.lease_until_ms = Some(until_ms);
-                Ok(None)
-            }
-            CiCommand::FinishJob {
-                job,
-                node,
-                attempt,
-                result,
-                now_ms,
-            } => {
-                let record = self.job_mut(job)?;
-                if record.status.is_finished() && record.attempt == attempt && record.node == Some(node) {
-                    // A report proposed twice: the first one counted.
-                    return Ok(None);
-                }
-                let record = self.held_by(job, node, attempt)?;
-                finish(record, result, now_ms);
-                let pipeline = record.pipeline;
-                Ok(self.advance(pipeline, now_ms))
-            }
-            CiCommand::ExpireLeases { now_ms } => {
-                let expired: Vec<u64> = self
-                    .jobs
-                    .values()
-                    .filter(|j| j.status == JobStatus::Running && j.lease_until_ms.is_some_and(|until| until < now_ms))
-                    .map(|j| j.id)
-                    .collect();
-                let mut pipelines = Vec::new();
-                for id in expired {
-                    let Some(record) = self.jobs.get_mut(&id) else { continue };
-                    lose_runner(record, now_ms);
-                    pipelines.push(record.pipeline);
-                }
-                for pipeline in pipelines {
-                    self.advance(pipeline, now_ms);
-                }
-                Ok(None)
-            }
-            CiCommand::CancelPipeline { pipeline, now_ms } => {
-                let ids = self.pipeline(pipeline)?.jobs.clone();
-                for id in ids {
-                    if let Some(record) = self.jobs.get_mut(&id).filter(|j| !j.status.is_finished()) {
-                        record.status = JobStatus::Canceled;
-                        record.finished_ms = Some(now_ms);
-                        record.lease_until_ms = None;
-                        record.message = Some("canceled".into());
-                    }
-                }
-                Ok(self.advance(pipeline, now_ms))
-            }
-            CiCommand::RetryJob { job, now_ms } => {
-                let record = self.job_mut(job)?;
-                if !record.status.is_finished() {
-                    return Err(ApiError::Conflict {
-                        message: format!("job {job} is {:?}: only a finished job can be retried", record.status),
-                    });
-                }
-                let (pipeline, name) = (record.pipeline, record.name.clone());
-                reset(record);
-                // What did not run because of this job may run after it now.
-                for id in self.dependents(pipeline, &name) {
-                    if let Some(record) = self.jobs.get_mut(&id) {
-                        if matches!(record.status, JobStatus::Skipped | JobStatus::Canceled) {
-                            reset(record);
-                        }
-                    }
-                }
-                Ok(self.advance(pipeline, now_ms))
-            }
-            CiCommand::SetVariable { repo, variable } => {
-                self.variables.entry(repo.0).or_default().insert(variable.name.clone(), variable);
-                Ok(None)
-            }
-            CiCommand::DeleteVariable { repo, name } => {
-                let removed = self.variables.get_mut(&repo.0).and_then(|vars| vars.remove(&name));
-                match removed {
-                    Some(_) => Ok(None),
-                    None => Err(ApiError::NotFound {
-                        what: format!("variable {name}"),
-                    }),
-                }
-            }
-        }
-    }
-
-    fn create_pipeline(
-        &mut self,
-        repo: RepoId,
-        ref_name: String,
-        sha: String,
-        jobs: Vec<PlannedJob>,
-        error: Option<String>,
-        now_ms: u64,
-    ) -> PipelineRecord {
-        let id = self.next_pipeline_id.max(1);
-        self.next_pipeline_id = id + 1;
-        let mut job_ids = Vec::with_capacity(jobs.len());
-        for planned in jobs {
-            let job = self.next_job_id.max(1);
-            self.next_job_id = job + 1;
-            self.jobs.insert(job, new_job(job, id, planned));
-            job_ids.push(job);
-        }
-        let failed = error.is_some() || job_ids.is_empty();
-        let record = PipelineRecord {
-            id,
+/// Applies one command to the CI records in `store`; returns the pipeline it changed, if any.
+pub fn apply(store: &mut dyn RecordsMut, command: CiCommand) -> Outcome {
+    match command {
+        CiCommand::CreatePipeline {
             repo,
             ref_name,
             sha,
-            status: if failed { PipelineStatus::Failed } else { PipelineStatus::Queued },
+            jobs,
             error,
-            created_ms: now_ms,
-            finished_ms: failed.then_some(now_ms),
-            jobs: job_ids,
-        };
-        self.pipelines.insert(id, record);
-        self.advance(id, now_ms).expect("the pipeline was just inserted")
-    }
-
-    /// Queues and skips the pipeline's jobs as their needs allow, until nothing changes, and
-    /// recomputes its status.
-    fn advance(&mut self, pipeline: u64, now_ms: u64) -> Option<PipelineRecord> {
-        let ids = self.pipelines.get(&pipeline)?.jobs.clone();
-        loop {
-            let jobs: Vec<&JobRecord> = ids.iter().filter_map(|id| self.jobs.get(id)).collect();
-            let statuses: BTreeMap<String, JobStatus> = jobs.iter().map(|j| (j.name.clone(), j.status)).collect();
-            let needs: BTreeMap<String, Vec<String>> = jobs.iter().map(|j| (j.name.clone(), j.needs.clone())).collect();
-            let by_name: BTreeMap<String, u64> = jobs.iter().map(|j| (j.name.clone(), j.id)).collect();
-            let steps = wharf_ci::schedule(&statuses, &needs);
-            if steps.is_empty() {
-                break;
+            now_ms,
+        } => Ok(Some(create_pipeline(store, repo, ref_name, sha, jobs, error, now_ms))),
+        CiCommand::ClaimJob {
+            job,
+            node,
+            now_ms,
+            lease_ms,
+        } => {
+            let mut record = job_of(store, job)?;
+            if record.status != JobStatus::Queued {
+                return Err(ApiError::Conflict {
+                    message: format!("job {job} is {:?}, not queued", record.status),
+                });
             }
-            for step in steps {
-                let (name, status) = match step {
-                    wharf_ci::Step::Start(name) => (name, JobStatus::Queued),
-                    wharf_ci::Step::Skip(name) => (name, JobStatus::Skipped),
-                };
-                let Some(record) = by_name.get(&name).and_then(|id| self.jobs.get_mut(id)) else { continue };
-                record.status = status;
-                if status == JobStatus::Skipped {
+            record.status = JobStatus::Running;
+            record.node = Some(node);
+            record.attempt += 1;
+            record.started_ms = Some(now_ms);
+            record.lease_until_ms = Some(now_ms + lease_ms);
+            record.message = None;
+            save_job(store, &record);
+            Ok(advance(store, record.pipeline, now_ms))
+        }
+        CiCommand::RenewLease {
+            job,
+            node,
+            attempt,
+            until_ms,
+        } => {
+            let mut record = held_by(store, job, node, attempt)?;
+            record.lease_until_ms = Some(until_ms);
+            save_job(store, &record);
+            Ok(None)
+        }
+        CiCommand::FinishJob {
+            job,
+            node,
+            attempt,
+            result,
+            now_ms,
+        } => {
+            let record = job_of(store, job)?;
+            if record.status.is_finished() && record.attempt == attempt && record.node == Some(node) {
+                // A report proposed twice: the first one counted.
+                return Ok(None);
+            }
+            let mut record = held_by(store, job, node, attempt)?;
+            finish(&mut record, result, now_ms);
+            save_job(store, &record);
+            Ok(advance(store, record.pipeline, now_ms))
+        }
+        CiCommand::ExpireLeases { now_ms } => {
+            let expired: Vec<JobRecord> = jobs_with(store, JobStatus::Running, usize::MAX)
+                .into_iter()
+                .filter(|j| j.lease_until_ms.is_some_and(|until| until < now_ms))
+                .collect();
+            for mut record in expired {
+                lose_runner(&mut record, now_ms);
+                save_job(store, &record);
+                advance(store, record.pipeline, now_ms);
+            }
+            Ok(None)
+        }
+        CiCommand::CancelPipeline { pipeline, now_ms } => {
+            for mut record in jobs_of(store, &pipeline_of(store, pipeline)?) {
+                if !record.status.is_finished() {
+                    record.status = JobStatus::Canceled;
                     record.finished_ms = Some(now_ms);
+                    record.lease_until_ms = None;
+                    record.message = Some("canceled".into());
+                    save_job(store, &record);
                 }
             }
+            Ok(advance(store, pipeline, now_ms))
         }
-        let statuses: BTreeMap<String, JobStatus> =
-            ids.iter().filter_map(|id| self.jobs.get(id)).map(|j| (j.name.clone(), j.status)).collect();
-        let record = self.pipelines.get_mut(&pipeline)?;
-        if record.error.is_some() || statuses.is_empty() {
-            return Some(record.clone());
-        }
-        record.status = wharf_ci::pipeline_status(&statuses);
-        record.finished_ms = if statuses.values().all(|s| s.is_finished()) {
-            Some(record.finished_ms.unwrap_or(now_ms))
-        } else {
-            None
-        };
-        Some(record.clone())
-    }
-
-    /// The jobs of `pipeline` that wait, directly or not, for the job called `name`.
-    fn dependents(&self, pipeline: u64, name: &str) -> Vec<u64> {
-        let jobs: Vec<&JobRecord> = self
-            .pipelines
-            .get(&pipeline)
-            .map(|p| p.jobs.iter().filter_map(|id| self.jobs.get(id)).collect())
-            .unwrap_or_default();
-        let mut waiting: std::collections::BTreeSet<&str> = [name].into();
-        let mut found = Vec::new();
-        loop {
-            let before = found.len();
-            for job in &jobs {
-                if !found.contains(&job.id) && job.needs.iter().any(|need| waiting.contains(need.as_str())) {
-                    waiting.insert(&job.name);
-                    found.push(job.id);
+        CiCommand::RetryJob { job, now_ms } => {
+            let mut record = job_of(store, job)?;
+            if !record.status.is_finished() {
+                return Err(ApiError::Conflict {
+                    message: format!("job {job} is {:?}: only a finished job can be retried", record.status),
+                });
+            }
+            reset(&mut record);
+            save_job(store, &record);
+            // What did not run because of this job may run after it now.
+            let pipeline = pipeline_of(store, record.pipeline)?;
+            for mut dependent in dependents(&jobs_of(store, &pipeline), &record.name) {
+                if matches!(dependent.status, JobStatus::Skipped | JobStatus::Canceled) {
+                    reset(&mut dependent);
+                    save_job(store, &dependent);
                 }
             }
-            if found.len() == before {
-                return found;
+            Ok(advance(store, record.pipeline, now_ms))
+        }
+        CiCommand::SetVariable { repo, variable } => {
+            VARIABLES.put(store, &(repo.0, variable.name.clone()), &variable);
+            Ok(None)
+        }
+        CiCommand::DeleteVariable { repo, name } => {
+            let key = (repo.0, name);
+            if !VARIABLES.contains(store, &key) {
+                return Err(ApiError::NotFound {
+                    what: format!("variable {}", key.1),
+                });
+            }
+            VARIABLES.remove(store, &key);
+            Ok(None)
+        }
+    }
+}
+
+fn create_pipeline(
+    store: &mut dyn RecordsMut,
+    repo: RepoId,
+    ref_name: String,
+    sha: String,
+    jobs: Vec<PlannedJob>,
+    error: Option<String>,
+    now_ms: u64,
+) -> PipelineRecord {
+    let id = PIPELINE_IDS.next(store);
+    let mut job_ids = Vec::with_capacity(jobs.len());
+    for planned in jobs {
+        let job = JOB_IDS.next(store);
+        save_job(store, &new_job(job, id, planned));
+        job_ids.push(job);
+    }
+    let failed = error.is_some() || job_ids.is_empty();
+    let record = PipelineRecord {
+        id,
+        repo,
+        ref_name,
+        sha,
+        status: if failed { PipelineStatus::Failed } else { PipelineStatus::Queued },
+        error,
+        created_ms: now_ms,
+        finished_ms: failed.then_some(now_ms),
+        jobs: job_ids,
+    };
+    PIPELINES.put(store, &id, &record);
+    PIPELINES_BY_REPO.put(store, &(repo.0, id), &());
+    advance(store, id, now_ms).unwrap_or(record)
+}
+
+/// Queues and skips the pipeline's jobs as their needs allow, until nothing changes, and
+/// recomputes its status.
+fn advance(store: &mut dyn RecordsMut, pipeline: u64, now_ms: u64) -> Option<PipelineRecord> {
+    let mut record = PIPELINES.get(store, &pipeline)?;
+    let mut jobs = jobs_of(store, &record);
+    loop {
+        let statuses: BTreeMap<String, JobStatus> = jobs.iter().map(|j| (j.name.clone(), j.status)).collect();
+        let needs: BTreeMap<String, Vec<String>> = jobs.iter().map(|j| (j.name.clone(), j.needs.clone())).collect();
+        let steps = crate::schedule(&statuses, &needs);
+        if steps.is_empty() {
+            break;
+        }
+        for step in steps {
+            let (name, status) = match step {
+                crate::Step::Start(name) => (name, JobStatus::Queued),
+                crate::Step::Skip(name) => (name, JobStatus::Skipped),
+            };
+            let Some(job) = jobs.iter_mut().find(|j| j.name == name) else { continue };
+            job.status = status;
+            if status == JobStatus::Skipped {
+                job.finished_ms = Some(now_ms);
+            }
+            save_job(store, job);
+        }
+    }
+    if record.error.is_some() || jobs.is_empty() {
+        return Some(record);
+    }
+    let statuses: BTreeMap<String, JobStatus> = jobs.iter().map(|j| (j.name.clone(), j.status)).collect();
+    record.status = crate::pipeline_status(&statuses);
+    record.finished_ms = if statuses.values().all(|s| s.is_finished()) {
+        Some(record.finished_ms.unwrap_or(now_ms))
+    } else {
+        None
+    };
+    PIPELINES.put(store, &pipeline, &record);
+    Some(record)
+}
+
+/// The jobs of `jobs` that wait, directly or not, for the job called `name`.
+fn dependents(jobs: &[JobRecord], name: &str) -> Vec<JobRecord> {
+    let mut waiting: std::collections::BTreeSet<&str> = [name].into();
+    let mut found: Vec<&JobRecord> = Vec::new();
+    loop {
+        let before = found.len();
+        for job in jobs {
+            if !found.iter().any(|f| f.id == job.id) && job.needs.iter().any(|need| waiting.contains(need.as_str())) {
+                waiting.insert(&job.name);
+                found.push(job);
             }
         }
-    }
-
-    fn job_mut(&mut self, job: u64) -> Result<&mut JobRecord, ApiError> {
-        self.jobs.get_mut(&job).ok_or_else(|| ApiError::NotFound { what: format!("job {job}") })
-    }
-
-    fn pipeline(&self, pipeline: u64) -> Result<&PipelineRecord, ApiError> {
-        self.pipelines.get(&pipeline).ok_or_else(|| ApiError::NotFound {
-            what: format!("pipeline {pipeline}"),
-        })
-    }
-
-    /// The job, if attempt `attempt` on `node` still holds it.
-    fn held_by(&mut self, job: u64, node: NodeId, attempt: u32) -> Result<&mut JobRecord, ApiError> {
-        let record = self.job_mut(job)?;
-        if record.status != JobStatus::Running || record.node != Some(node) || record.attempt != attempt {
-            return Err(ApiError::Conflict {
-                message: format!("job {job} attempt {attempt} on node {node} no longer holds the job"),
-            });
+        if found.len() == before {
+            return found.into_iter().cloned().collect();
         }
-        Ok(record)
     }
+}
 
-    /// Forgets a deleted repository's variables.
-    pub fn forget_repo(&mut self, repo: RepoId) {
-        self.variables.remove(&repo.0);
+/// Writes a job and keeps the status index in step.
+fn save_job(store: &mut dyn RecordsMut, job: &JobRecord) {
+    if let Some(old) = JOBS.get(store, &job.id).filter(|old| old.status != job.status) {
+        JOBS_BY_STATUS.remove(store, &(status_key(old.status), job.id));
     }
+    JOBS_BY_STATUS.put(store, &(status_key(job.status), job.id), &());
+    JOBS.put(store, &job.id, job);
+}
 
-    /// All pipelines of `repo`, newest first, at most `limit`.
-    pub fn pipelines_of(&self, repo: RepoId, limit: usize) -> Vec<PipelineRecord> {
-        self.pipelines.values().rev().filter(|p| p.repo == repo).take(limit).cloned().collect()
+/// The byte a status sorts under in [`keys::JOBS_BY_STATUS`]. Stored: never renumber.
+fn status_key(status: JobStatus) -> u8 {
+    match status {
+        JobStatus::Created => 1,
+        JobStatus::Queued => 2,
+        JobStatus::Running => 3,
+        JobStatus::Passed => 4,
+        JobStatus::Failed => 5,
+        JobStatus::Canceled => 6,
+        JobStatus::TimedOut => 7,
+        JobStatus::Skipped => 8,
     }
+}
 
-    /// One pipeline.
-    pub fn pipeline_record(&self, id: u64) -> Option<PipelineRecord> {
-        self.pipelines.get(&id).cloned()
-    }
+fn job_of(store: &dyn Records, job: u64) -> Result<JobRecord, ApiError> {
+    JOBS.get(store, &job).ok_or_else(|| ApiError::NotFound { what: format!("job {job}") })
+}
 
-    /// One job.
-    pub fn job(&self, id: u64) -> Option<JobRecord> {
-        self.jobs.get(&id).cloned()
-    }
+fn pipeline_of(store: &dyn Records, pipeline: u64) -> Result<PipelineRecord, ApiError> {
+    PIPELINES.get(store, &pipeline).ok_or_else(|| ApiError::NotFound {
+        what: format!("pipeline {pipeline}"),
+    })
+}
 
-    /// Jobs with `status`, oldest first, at most `limit`.
-    pub fn jobs_with(&self, status: JobStatus, limit: usize) -> Vec<JobRecord> {
-        self.jobs.values().filter(|j| j.status == status).take(limit).cloned().collect()
-    }
+fn jobs_of(store: &dyn Records, pipeline: &PipelineRecord) -> Vec<JobRecord> {
+    pipeline.jobs.iter().filter_map(|id| JOBS.get(store, id)).collect()
+}
 
-    /// A repository's variables.
-    pub fn variables(&self, repo: RepoId) -> Vec<Variable> {
-        self.variables.get(&repo.0).map(|vars| vars.values().cloned().collect()).unwrap_or_default()
+/// The job, if attempt `attempt` on `node` still holds it.
+fn held_by(store: &dyn Records, job: u64, node: NodeId, attempt: u32) -> Result<JobRecord, ApiError> {
+    let record = job_of(store, job)?;
+    if record.status != JobStatus::Running || record.node != Some(node) || record.attempt != attempt {
+        return Err(ApiError::Conflict {
+            message: format!("job {job} attempt {attempt} on node {node} no longer holds the job"),
+        });
     }
+    Ok(record)
+}
+
+/// Forgets a deleted repository's variables.
+pub fn forget_repo(store: &mut dyn RecordsMut, repo: RepoId) {
+    for key in VARIABLES.keys(store, &repo.0) {
+        VARIABLES.remove(store, &key);
+    }
+}
+
+/// The pipelines of `repo`, newest first, at most `limit`.
+pub fn pipelines_of(store: &dyn Records, repo: RepoId, limit: usize) -> Vec<PipelineRecord> {
+    PIPELINES_BY_REPO
+        .scan(store, &repo.0, Order::Descending, limit)
+        .into_iter()
+        .filter_map(|((_, id), ())| PIPELINES.get(store, &id))
+        .collect()
+}
+
+/// One pipeline.
+pub fn pipeline(store: &dyn Records, id: u64) -> Option<PipelineRecord> {
+    PIPELINES.get(store, &id)
+}
+
+/// One job.
+pub fn job(store: &dyn Records, id: u64) -> Option<JobRecord> {
+    JOBS.get(store, &id)
+}
+
+/// Jobs with `status`, oldest first, at most `limit`.
+pub fn jobs_with(store: &dyn Records, status: JobStatus, limit: usize) -> Vec<JobRecord> {
+    JOBS_BY_STATUS
+        .scan(store, &status_key(status), Order::Ascending, limit)
+        .into_iter()
+        .filter_map(|((_, id), ())| JOBS.get(store, &id))
+        .collect()
+}
+
+/// A repository's variables, by name.
+pub fn variables(store: &dyn Records, repo: RepoId) -> Vec<Variable> {
+    VARIABLES.scan(store, &repo.0, Order::Ascending, usize::MAX).into_iter().map(|(_, v)| v).collect()
+}
+
+/// Imports records written by an older Wharf (a data directory being migrated): pipelines,
+/// jobs and variables as they were, with the id sequences set past them.
+pub fn import(
+    store: &mut dyn RecordsMut,
+    pipelines: impl IntoIterator<Item = PipelineRecord>,
+    jobs: impl IntoIterator<Item = JobRecord>,
+    variables: impl IntoIterator<Item = (RepoId, Variable)>,
+    next_pipeline_id: u64,
+    next_job_id: u64,
+) {
+    for record in pipelines {
+        PIPELINES_BY_REPO.put(store, &(record.repo.0, record.id), &());
+        PIPELINES.put(store, &record.id, &record);
+    }
+    for record in jobs {
+        save_job(store, &record);
+    }
+    for (repo, variable) in variables {
+        VARIABLES.put(store, &(repo.0, variable.name.clone()), &variable);
+    }
+    PIPELINE_IDS.raise_to(store, next_pipeline_id);
+    JOB_IDS.raise_to(store, next_job_id);
 }
 
 fn new_job(id: u64, pipeline: u64, planned: PlannedJob) -> JobRecord {
@@ -504,6 +581,29 @@ fn reset(record: &mut JobRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wharf_proto::store::MemRecords;
+
+    /// The CI records of a store, as the tests read them.
+    #[derive(Default)]
+    struct CiState(MemRecords);
+
+    impl CiState {
+        fn apply(&mut self, command: CiCommand) -> Outcome {
+            super::apply(&mut self.0, command)
+        }
+
+        fn job(&self, id: u64) -> Option<JobRecord> {
+            super::job(&self.0, id)
+        }
+
+        fn pipeline_record(&self, id: u64) -> Option<PipelineRecord> {
+            super::pipeline(&self.0, id)
+        }
+
+        fn variables(&self, repo: RepoId) -> Vec<Variable> {
+            super::variables(&self.0, repo)
+        }
+    }
 
     fn planned(name: &str, stage: &str, needs: &[&str], retries: u32) -> PlannedJob {
         PlannedJob {
