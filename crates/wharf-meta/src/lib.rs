@@ -72,6 +72,9 @@ pub struct MetaConfig {
     /// record to a file while applying waits, so fewer snapshots cost less; the log kept on
     /// disk until the next one is the price.
     pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, so a follower a little behind catches up from the
+    /// log rather than a whole snapshot. Default 1,000 (openraft's).
+    pub logs_kept_after_snapshot: u64,
 }
 
 impl Default for MetaConfig {
@@ -82,6 +85,7 @@ impl Default for MetaConfig {
             election_max_ms: 3000,
             cache_bytes: 32 << 20,
             snapshot_every: 20_000,
+            logs_kept_after_snapshot: 1000,
         }
     }
 }
@@ -227,6 +231,7 @@ impl Meta {
             election_timeout_min: config.election_min_ms,
             election_timeout_max: config.election_max_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
             ..Config::default()
         }
         .validate()

@@ -156,3 +156,157 @@ async fn three_members_replicate_and_survive_the_loss_of_the_leader() {
         meta.shutdown().await.unwrap();
     }
 }
+
+/// A member that joins after the log it missed was purged gets the leader's snapshot file,
+/// streamed, installs it into its key spaces, and serves it after a restart.
+#[tokio::test]
+async fn a_late_member_installs_the_leaders_snapshot_and_keeps_it() {
+    use std::time::Duration;
+    let transport = LocalTransport::default();
+    let config = MetaConfig {
+        snapshot_every: 20,
+        logs_kept_after_snapshot: 0,
+        ..MetaConfig::default()
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let open_member = |i: usize| {
+        let (dir, transport, config) = (dirs[i].path().to_owned(), transport.clone(), config.clone());
+        async move {
+            let id = i as u64 + 1;
+            let meta = Meta::open(&dir, NodeId(id), format!("node-{id}"), config, Some(std::sync::Arc::new(transport.clone())))
+                .await
+                .unwrap();
+            transport.peers.lock().unwrap().insert(id, meta.clone());
+            meta
+        }
+    };
+    let leader = open_member(0).await;
+    leader.bootstrap_single().await.unwrap();
+    for i in 0..60 {
+        leader.write(create(&format!("acme/repo-{i:02}"))).await.unwrap().unwrap();
+    }
+    let snapshot = dirs[0].path().join("snapshots/current.snap");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !snapshot.is_file() || leader.inner.raft.metrics().borrow().purged.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the leader cut no snapshot and purged no log");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let late = open_member(1).await;
+    leader.add_member(2, "node-2".into(), true).await.unwrap();
+    let last = RepoName::parse("acme/repo-59").unwrap();
+    late.wait_for_state(Duration::from_secs(30), "the snapshot installs", |d| d.repo(&last).is_some())
+        .await
+        .unwrap();
+    assert_eq!(late.directory().repos().len(), 60);
+    assert!(dirs[1].path().join("snapshots/current.snap").is_file(), "the installed snapshot is kept to serve others");
+    leader.write(create("acme/after")).await.unwrap().unwrap();
+    let after = RepoName::parse("acme/after").unwrap();
+    late.wait_for_state(Duration::from_secs(30), "a write after the snapshot replicates", |d| d.repo(&after).is_some())
+        .await
+        .unwrap();
+
+    transport.peers.lock().unwrap().remove(&2);
+    late.shutdown().await.unwrap();
+    drop(late);
+    let late = open_member(1).await;
+    assert_eq!(late.directory().repos().len(), 61, "a restarted member serves its records from disk at once");
+    late.shutdown().await.unwrap();
+    leader.shutdown().await.unwrap();
+}
+
+/// Values as this format writes them, one per kind of thing that crosses a process or lands
+/// on disk. The checked-in `golden/*.bin` files hold their bytes: a change that alters the
+/// encoding of a stored or sent value fails here, and must come with a new format version and
+/// a migration. `WHARF_BLESS=1` writes the files for a new format.
+fn golden_values() -> Vec<(&'static str, Vec<u8>, Box<dyn Fn(&[u8]) -> bool>)> {
+    use wharf_proto::codec::{decode, encode};
+    fn entry<T>(name: &'static str, value: T) -> (&'static str, Vec<u8>, Box<dyn Fn(&[u8]) -> bool>)
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + 'static,
+    {
+        let bytes = encode(&value).unwrap();
+        (name, bytes, Box::new(move |stored| decode::<T>(stored).is_ok_and(|read| read == value)))
+    }
+    let event = wharf_proto::PushEvent {
+        seq: 3,
+        repo: RepoId(7),
+        ref_name: "refs/heads/main".into(),
+        old: None,
+        new: Some("a".repeat(40)),
+        pusher: "ada".into(),
+        time_ms: 1_700_000_000_000,
+    };
+    vec![
+        entry("command-create-repo", create("acme/app")),
+        entry(
+            "command-record-push",
+            Command::RecordPush {
+                push_id: "n1-s1".into(),
+                repo: RepoId(7),
+                updates: vec![RefUpdate {
+                    ref_name: "refs/heads/main".into(),
+                    old: Some("b".repeat(40)),
+                    new: None,
+                }],
+                pusher: "ada".into(),
+                now_ms: 5,
+            },
+        ),
+        entry(
+            "command-ci-create-pipeline",
+            Command::Ci(crate::CiCommand::CreatePipeline {
+                repo: RepoId(7),
+                ref_name: "refs/heads/main".into(),
+                sha: "c".repeat(40),
+                jobs: vec![wharf_ci::PlannedJob {
+                    name: "test".into(),
+                    stage: "test".into(),
+                    needs: vec!["build".into()],
+                    retries: 1,
+                }],
+                error: None,
+                now_ms: 6,
+            }),
+        ),
+        entry(
+            "command-deploy-create-environment",
+            Command::Deploy(crate::DeployCommand::CreateEnvironment {
+                repo: RepoId(7),
+                name: "staging".into(),
+                config: wharf_proto::deploy::EnvConfig::default(),
+                protected: true,
+                now_ms: 8,
+            }),
+        ),
+        entry("record-push-event", event),
+        entry(
+            "record-repo",
+            wharf_proto::RepoRecord {
+                id: RepoId(7),
+                name: RepoName::parse("acme/app").unwrap(),
+                node: NodeId(2),
+                created_ms: 9,
+            },
+        ),
+        entry(
+            "reply-error",
+            Err::<CommandOutcome, ApiError>(ApiError::RepoExists { repo: "acme/app".into() }),
+        ),
+    ]
+}
+
+#[test]
+fn golden_files_of_this_format_still_decode_to_the_same_values() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden");
+    let bless = std::env::var_os("WHARF_BLESS").is_some();
+    for (name, bytes, reads_back) in golden_values() {
+        let path = dir.join(format!("{name}.bin"));
+        if bless {
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        let stored = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (WHARF_BLESS=1 writes it)", path.display()));
+        assert!(reads_back(&stored), "{name}: the checked-in bytes no longer decode to the same value");
+        assert_eq!(stored, bytes, "{name}: this build encodes the value differently: a new format version is needed");
+    }
+}
