@@ -71,6 +71,11 @@ impl Process {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Waits for an output line starting with `prefix` and returns the rest of it.
     pub fn wait_for_line(&mut self, prefix: &str, deadline: Duration) -> String {
         self.try_wait_for_line(prefix, deadline)
@@ -216,6 +221,11 @@ impl Wharf {
             wharf.http.get(format!("{}/healthz", wharf.url)).send().map(|r| r.status() == 200).unwrap_or(false)
         });
         wharf
+    }
+
+    /// The process id of the `wharf` this harness started, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(Process::pid)
     }
 
     /// Stops the process with SIGTERM and waits for it to exit.
