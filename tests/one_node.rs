@@ -561,3 +561,70 @@ fn a_format_0_data_directory_is_migrated_on_start() {
     check(&wharf);
     assert_eq!(wharf.get("/api/v1/repos/acme/new").status, 200);
 }
+
+/// Activating a repository never holds up the others. One repository's open is stuck on its
+/// disk for two seconds (its `config` is a FIFO that nobody writes yet, so reading it blocks, as
+/// a slow or hung disk would); meanwhile another repository answers as usual, and once the
+/// disk answers the stuck one is served too.
+#[test]
+fn a_repository_slow_to_open_does_not_hold_up_the_others() {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::time::{Duration, Instant};
+
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start_with(data.path(), &["--actor-idle-secs", "1"]);
+    let slow = wharf.create_repo("acme/slow");
+    wharf.create_repo("acme/fast");
+    let actors = || wharf.get("/api/v1/cluster").json["nodes"][0]["actors"].as_u64();
+    wharf_tests::wait_until("both actors are passivated", Duration::from_secs(60), || actors() == Some(0));
+
+    let config = data.path().join("repos").join(format!("{:016x}.git", slow["id"].as_u64().unwrap())).join("config");
+    let contents = std::fs::read(&config).unwrap();
+    std::fs::remove_file(&config).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&config).status().unwrap();
+    assert!(made.success(), "mkfifo");
+
+    let url = wharf.url.clone();
+    let stuck = std::thread::spawn(move || {
+        let started = Instant::now();
+        let status = reqwest::blocking::Client::new()
+            .get(format!("{url}/api/v1/repos/acme/slow/branches"))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .map(|r| r.status().as_u16());
+        (status, started.elapsed())
+    });
+    // A FIFO opens for writing without blocking only once a reader holds it: then the
+    // repository's open is stuck reading it.
+    const O_NONBLOCK: i32 = 0o4000;
+    let mut writer = None;
+    wharf_tests::wait_until("the slow repository's open reaches its config", Duration::from_secs(30), || {
+        writer = std::fs::OpenOptions::new().write(true).custom_flags(O_NONBLOCK).open(&config).ok();
+        writer.is_some()
+    });
+
+    let mut latencies = Vec::new();
+    let held_since = Instant::now();
+    while held_since.elapsed() < Duration::from_secs(2) {
+        let started = Instant::now();
+        let answer = wharf.get("/api/v1/repos/acme/fast/branches");
+        latencies.push(started.elapsed());
+        assert_eq!(answer.status, 200, "{:?}", answer.json);
+        assert!(!stuck.is_finished(), "the slow repository is still opening");
+    }
+    latencies.sort();
+    eprintln!(
+        "reads of another repository while one is stuck opening: {} reads, p50 {:?}, max {:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+
+    use std::io::Write;
+    let mut writer = writer.unwrap();
+    writer.write_all(&contents).unwrap();
+    drop(writer);
+    let (status, waited) = stuck.join().unwrap();
+    assert_eq!(status.ok(), Some(200), "the slow repository answers once its disk does");
+    assert!(waited >= Duration::from_secs(2), "it was held for the whole time");
+}

@@ -378,10 +378,18 @@ struct ActiveRepo {
     moved_to: Arc<OnceLock<NodeId>>,
 }
 
+/// One repository's place in the registry: empty while its actor is being activated.
+type Slot = Arc<tokio::sync::OnceCell<ActiveRepo>>;
+
 /// The repository actors active on this node.
+///
+/// The map's lock is held only to find or add a repository's slot, never while a repository
+/// opens: activating one (opening it on disk, which a slow disk can stretch to seconds) makes
+/// only the callers of that repository wait, on its slot, while every other repository is
+/// served.
 #[derive(Default)]
 pub(crate) struct RepoRegistry {
-    active: Mutex<HashMap<RepoId, ActiveRepo>>,
+    active: Mutex<HashMap<RepoId, Slot>>,
 }
 
 impl RepoRegistry {
@@ -393,31 +401,18 @@ impl RepoRegistry {
         name: RepoName,
         build: impl FnOnce(InflightGuard) -> RepoMessage,
     ) -> Result<(), ApiError> {
-        let mut active = self.active.lock().await;
-        let entry = match active.get(&id) {
-            Some(entry) => entry.clone(),
-            None => {
-                let moved_to = Arc::new(OnceLock::new());
-                let (actor, _) = Actor::spawn(None, RepoActor, (id, name.clone(), node.clone(), moved_to.clone()))
-                    .await
-                    .map_err(|error| ApiError::Unavailable {
-                        what: format!("repository {name}"),
-                        reason: format!("cannot open it on node {}: {error}", node.config.id),
-                        retry_after_secs: 5,
-                    })?;
-                tracing::debug!(repo = %name, "repository actor activated");
-                let entry = ActiveRepo {
-                    actor,
-                    activity: Arc::new(Activity::default()),
-                    moved_to,
-                };
-                active.insert(id, entry.clone());
-                entry
+        let slot = self.active.lock().await.entry(id).or_default().clone();
+        let activated = slot.get_or_try_init(|| activate(node, id, name.clone())).await;
+        let entry = match activated {
+            Ok(entry) => entry.clone(),
+            Err(error) => {
+                self.forget(id, &slot).await;
+                return Err(error);
             }
         };
         let message = build(InflightGuard::new(entry.activity.clone()));
         if entry.actor.send_message(message).is_err() {
-            active.remove(&id);
+            self.forget(id, &slot).await;
             return Err(ApiError::Unavailable {
                 what: format!("repository {name}"),
                 reason: "its actor stopped; retry".into(),
@@ -427,35 +422,71 @@ impl RepoRegistry {
         Ok(())
     }
 
+    /// Whether repository `id`'s actor is up (not absent, not being activated).
+    pub async fn is_active(&self, id: RepoId) -> bool {
+        self.active.lock().await.get(&id).is_some_and(|slot| slot.initialized())
+    }
+
+    /// Removes `slot` from the map, unless another has taken its place.
+    async fn forget(&self, id: RepoId, slot: &Slot) {
+        let mut active = self.active.lock().await;
+        if active.get(&id).is_some_and(|current| Arc::ptr_eq(current, slot)) {
+            active.remove(&id);
+        }
+    }
+
     /// Stops the actors that have had nothing in flight for `idle`.
     pub async fn passivate_idle(&self, idle: std::time::Duration) -> usize {
         let mut active = self.active.lock().await;
         let idle_ids: Vec<RepoId> = active
             .iter()
-            // A repository that moved away goes as soon as nothing uses it.
-            .filter(|(_, entry)| {
-                let idle_for = if entry.moved_to.get().is_some() { std::time::Duration::ZERO } else { idle };
-                entry.activity.is_idle(idle_for)
+            // A repository being activated is not idle; one that moved away goes as soon as
+            // nothing uses it.
+            .filter(|(_, slot)| {
+                slot.get().is_some_and(|entry| {
+                    let idle_for = if entry.moved_to.get().is_some() { std::time::Duration::ZERO } else { idle };
+                    entry.activity.is_idle(idle_for)
+                })
             })
             .map(|(id, _)| *id)
             .collect();
         for id in &idle_ids {
-            if let Some(entry) = active.remove(id) {
+            if let Some(entry) = active.remove(id).as_ref().and_then(|slot| slot.get()) {
                 entry.actor.stop(Some("idle".into()));
             }
         }
         idle_ids.len()
     }
 
-    /// Number of active actors.
+    /// Number of active actors (not counting those being activated).
     pub async fn active(&self) -> usize {
-        self.active.lock().await.len()
+        self.active.lock().await.values().filter(|slot| slot.initialized()).count()
     }
 
     /// Stops every actor.
     pub async fn stop_all(&self) {
-        for (_, entry) in self.active.lock().await.drain() {
-            entry.actor.stop(Some("node shutdown".into()));
+        for (_, slot) in self.active.lock().await.drain() {
+            if let Some(entry) = slot.get() {
+                entry.actor.stop(Some("node shutdown".into()));
+            }
         }
     }
+}
+
+/// Starts the actor of repository `id`, which opens it on disk.
+async fn activate(node: &Arc<NodeContext>, id: RepoId, name: RepoName) -> Result<ActiveRepo, ApiError> {
+    let moved_to = Arc::new(OnceLock::new());
+    let (actor, _) = Actor::spawn(None, RepoActor, (id, name.clone(), node.clone(), moved_to.clone()))
+        .await
+        .map_err(|error| ApiError::Unavailable {
+            what: format!("repository {name}"),
+            reason: format!("cannot open it on node {}: {error}", node.config.id),
+            retry_after_secs: 5,
+        })?;
+    tracing::debug!(repo = %name, "repository actor activated");
+    Ok(ActiveRepo {
+        actor,
+        activity: Arc::new(Activity::default()),
+        moved_to,
+    })
 }

@@ -106,6 +106,43 @@ async fn remove_member(node: &Arc<NodeContext>, member: NodeId) -> Result<NodeRe
     }
 }
 
+/// Hands a request to repository `id`'s actor. An active actor gets it at once, in the order
+/// the router received it; one that must be activated first (opened on disk) gets it from a
+/// task of its own, so a slow open never holds up the router and the other repositories.
+async fn dispatch_repo(
+    node: &Arc<NodeContext>,
+    id: RepoId,
+    name: RepoName,
+    reply: RpcReplyPort<Vec<u8>>,
+    build: impl FnOnce(RpcReplyPort<Vec<u8>>, crate::activity::InflightGuard) -> RepoMessage + Send + 'static,
+) {
+    async fn run(
+        node: &Arc<NodeContext>,
+        id: RepoId,
+        name: RepoName,
+        reply: RpcReplyPort<Vec<u8>>,
+        build: impl FnOnce(RpcReplyPort<Vec<u8>>, crate::activity::InflightGuard) -> RepoMessage,
+    ) {
+        let mut parts = Some((reply, build));
+        let result = node
+            .registry
+            .dispatch(node, id, name, |guard| {
+                let (port, build) = parts.take().expect("dispatch builds the message once");
+                build(port, guard)
+            })
+            .await;
+        if let (Err(error), Some((port, _))) = (result, parts) {
+            answer(port, Err(error));
+        }
+    }
+    if node.registry.is_active(id).await {
+        run(node, id, name, reply, build).await;
+    } else {
+        let node = node.clone();
+        tokio::spawn(async move { run(&node, id, name, reply, build).await });
+    }
+}
+
 /// The node that owns repository `id` now, if it is not this one.
 fn owner_elsewhere(node: &NodeContext, id: RepoId, name: &RepoName) -> Option<NodeId> {
     let record = node.meta.directory().repo(name)?;
@@ -195,30 +232,10 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
             answer(reply, Ok(NodeReply::Done));
         }
         NodeRequest::Repo { id, name, request } => {
-            let mut reply = Some(reply);
-            let result = node
-                .registry
-                .dispatch(node, id, name, |guard| {
-                    let port = reply.take().expect("dispatch builds the message once");
-                    RepoMessage::Handle(request, port, guard)
-                })
-                .await;
-            if let (Err(error), Some(port)) = (result, reply) {
-                answer(port, Err(error));
-            }
+            dispatch_repo(node, id, name, reply, |port, guard| RepoMessage::Handle(request, port, guard)).await;
         }
         NodeRequest::DeleteRepo { id, name } => {
-            let mut reply = Some(reply);
-            let result = node
-                .registry
-                .dispatch(node, id, name, |guard| {
-                    let port = reply.take().expect("dispatch builds the message once");
-                    RepoMessage::Delete(port, guard)
-                })
-                .await;
-            if let (Err(error), Some(port)) = (result, reply) {
-                answer(port, Err(error));
-            }
+            dispatch_repo(node, id, name, reply, RepoMessage::Delete).await;
         }
         NodeRequest::CreateRepo { name } => {
             let node = node.clone();
