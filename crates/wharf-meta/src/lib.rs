@@ -364,6 +364,23 @@ impl Meta {
             .map_err(|e| MetaError::Timeout(format!("catching up with the leader: {e}")))
     }
 
+    /// Waits until the applied log index differs from `seen` (the value this returned last
+    /// time, or `None` at first) and returns it. Waiting loops use it instead of polling: they
+    /// wake the moment a new entry is applied.
+    pub async fn applied_changed(&self, seen: Option<u64>) -> Option<u64> {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            let now = metrics.borrow_and_update().last_applied.map(|id| id.index);
+            if now != seen {
+                return now;
+            }
+            if metrics.changed().await.is_err() {
+                // Raft stopped: nothing will be applied any more.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Waits until the applied state satisfies `condition`, for at most `timeout`.
     pub async fn wait_for_state(
         &self,

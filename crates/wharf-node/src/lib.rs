@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 mod activity;
+mod background;
 mod ci;
 mod deploy;
 mod mover;
@@ -89,22 +90,16 @@ pub(crate) struct NodeContext {
     pub transfers: mover::Transfers,
     /// Calls other nodes (moves, forwarding).
     pub peers: wharf_proto::NodeClient,
-    /// Set when the node shuts down, so background loops end.
-    pub stopping: std::sync::atomic::AtomicBool,
     /// Runner slots for CI jobs.
     pub runner: ci::Runner,
     /// The instance processes this node runs.
     pub driver: deploy::Driver,
     /// The deployments this node drives.
     pub controllers: deploy::Controllers,
+    /// Every background loop of the node.
+    pub background: background::Background,
 }
 
-impl NodeContext {
-    /// Whether the node is shutting down.
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
 
 /// A running storage node.
 pub struct StorageNode {
@@ -149,10 +144,10 @@ impl StorageNode {
             peers: wharf_proto::NodeClient {
                 timeout: std::time::Duration::from_secs(30),
             },
-            stopping: std::sync::atomic::AtomicBool::new(false),
             runner: ci::Runner::new(config.runner_slots),
             driver: deploy::Driver::default(),
             controllers: deploy::Controllers::default(),
+            background: background::Background::default(),
             config,
             meta,
         });
@@ -164,10 +159,11 @@ impl StorageNode {
         )
         .await?;
         ractor::pg::join(group, vec![router.get_cell()]);
-        mover::spawn_rebalancer(Arc::downgrade(&context));
-        ci::spawn_runner(Arc::downgrade(&context));
-        deploy::spawn_driver(Arc::downgrade(&context));
-        deploy::spawn_controllers(Arc::downgrade(&context));
+        spawn_passivation(&context);
+        mover::spawn_rebalancer(&context);
+        ci::spawn_runner(&context);
+        deploy::spawn_driver(&context);
+        deploy::spawn_controllers(&context);
         Ok(StorageNode { router, context })
     }
 
@@ -184,14 +180,30 @@ impl StorageNode {
     /// Stops the router and every repository actor. Sessions in flight are killed, so pushes
     /// that were not acknowledged leave nothing behind.
     pub async fn shutdown(self) {
-        self.context.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         ractor::pg::leave(node_group(self.context.config.id), vec![self.router.get_cell()]);
+        // Background loops first, so none starts new work on what is being stopped.
+        self.context.background.stop(BACKGROUND_STOP_DEADLINE).await;
         self.context.registry.stop_all().await;
         self.context.sessions.abort_all();
         self.context.runner.stop_all();
         self.context.driver.stop_all();
         self.router.stop(None);
     }
+}
+
+/// How long shutdown waits for the background loops to end.
+const BACKGROUND_STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Starts the sweeper that passivates idle repository actors. It sweeps a few times per idle
+/// period, so an idle actor lives at most about 1.25 times as long.
+fn spawn_passivation(context: &Arc<NodeContext>) {
+    let every = std::time::Duration::from_secs(5).min(context.config.actor_idle_timeout / 4).max(std::time::Duration::from_millis(100));
+    context.background.spawn_loop("repo.passivation", Arc::downgrade(context), background::Wake::Every(every), |node| async move {
+        let stopped = node.registry.passivate_idle(node.config.actor_idle_timeout).await;
+        if stopped > 0 {
+            tracing::debug!(stopped, "passivated idle repository actors");
+        }
+    });
 }
 
 /// Milliseconds since the Unix epoch, for records.

@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -34,6 +34,7 @@ use wharf_proto::{
 };
 
 use crate::repo_actor::{RepoContext, RepoMessage};
+use crate::background::Wake;
 use crate::NodeContext;
 
 /// How often the rebalancer looks.
@@ -84,17 +85,10 @@ impl Transfers {
     }
 }
 
-/// Starts the rebalancer of `node`; it stops when the node does.
-pub(crate) fn spawn_rebalancer(node: Weak<NodeContext>) {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(REBALANCE_PERIOD).await;
-            let Some(node) = node.upgrade() else { return };
-            if node.stopping.load(Ordering::SeqCst) {
-                return;
-            }
-            rebalance_once(&node).await;
-        }
+/// Starts the rebalancer of `node` under its [`crate::background::Background`].
+pub(crate) fn spawn_rebalancer(node: &Arc<NodeContext>) {
+    node.background.spawn_loop("placement.rebalancer", Arc::downgrade(node), Wake::Every(REBALANCE_PERIOD), |node| async move {
+        rebalance_once(&node).await;
     });
 }
 

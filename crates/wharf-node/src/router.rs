@@ -32,20 +32,6 @@ impl Actor for NodeRouter {
         _myself: ActorRef<Self::Msg>,
         node: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let sweeper = Arc::downgrade(&node);
-        tokio::spawn(async move {
-            // Sweep a few times per idle period so an idle actor lives at most ~1.25x as long.
-            let mut ticker = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                ticker.tick().await;
-                let Some(node) = sweeper.upgrade() else { return };
-                let idle = node.config.actor_idle_timeout;
-                let stopped = node.registry.passivate_idle(idle).await;
-                if stopped > 0 {
-                    tracing::debug!(stopped, "passivated idle repository actors");
-                }
-            }
-        });
         Ok(node)
     }
 

@@ -7,8 +7,9 @@ use crate::{
 
 /// A read-only, local view of the applied metadata state.
 ///
-/// The metadata store implements it over its applied state machine, so a front routes a
-/// request and checks a token without waiting on Raft. Every method answers from memory.
+/// The metadata store implements it over its applied records on the local disk (sled, through
+/// its cache), so a front routes a request and checks a token without waiting on Raft. Lookups
+/// by id and by name are indexed.
 pub trait Directory: Send + Sync + 'static {
     /// The record of a repository, by name.
     fn repo(&self, name: &RepoName) -> Option<RepoRecord>;

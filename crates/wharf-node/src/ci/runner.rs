@@ -9,17 +9,19 @@
 //! ([`CiCommand::ExpireLeases`]), so a job whose node died is queued again.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
 use wharf_meta::CiCommand;
 use wharf_proto::{JobRecord, JobStatus, NodeState};
 
+use crate::background::Wake;
 use crate::NodeContext;
 
-/// How often an idle runner looks for queued jobs.
-const POLL: Duration = Duration::from_millis(200);
+/// The longest an idle runner waits before it looks for queued jobs again; it looks at once
+/// whenever the metadata applies an entry (a job queued, a slot's job finished).
+const CLAIM_AT_LEAST_EVERY: Duration = Duration::from_secs(5);
 /// How often the leader looks for leases that ran out.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 
@@ -99,31 +101,18 @@ impl Runner {
     }
 }
 
-/// Starts the runner loops of `node`; they end when the node stops.
-pub(crate) fn spawn_runner(node: Weak<NodeContext>) {
-    let claimer = node.clone();
-    tokio::spawn(async move {
-        while let Some(node) = claimer.upgrade().filter(|n| !n.is_stopping()) {
-            claim_queued(&node).await;
-            watch_running(&node);
-            drop(node);
-            tokio::time::sleep(POLL).await;
-        }
+/// Starts the runner loops of `node` under its [`crate::background::Background`].
+pub(crate) fn spawn_runner(node: &Arc<NodeContext>) {
+    let weak = Arc::downgrade(node);
+    node.background.spawn_loop("ci.claimer", weak.clone(), Wake::OnChange(CLAIM_AT_LEAST_EVERY), |node| async move {
+        claim_queued(&node).await;
+        watch_running(&node);
     });
-    let expirer = node.clone();
-    tokio::spawn(async move {
-        while let Some(node) = expirer.upgrade().filter(|n| !n.is_stopping()) {
-            expire_leases(&node).await;
-            drop(node);
-            tokio::time::sleep(EXPIRY_CHECK).await;
-        }
+    node.background.spawn_loop("ci.lease_expiry", weak.clone(), Wake::Every(EXPIRY_CHECK), |node| async move {
+        expire_leases(&node).await;
     });
-    tokio::spawn(async move {
-        while let Some(node) = node.upgrade().filter(|n| !n.is_stopping()) {
-            super::files::sweep_expired_artifacts(&node).await;
-            drop(node);
-            tokio::time::sleep(super::files::SWEEP_PERIOD).await;
-        }
+    node.background.spawn_loop("ci.artifact_sweeper", weak, Wake::Every(super::files::SWEEP_PERIOD), |node| async move {
+        super::files::sweep_expired_artifacts(&node).await;
     });
 }
 

@@ -8,7 +8,7 @@
 //! environment's last good revision with the same strategy, once: a failed rollback fails.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wharf_meta::DeployCommand;
@@ -18,6 +18,7 @@ use wharf_proto::deploy::{
 use wharf_proto::{ApiError, Directory, NodeReply, NodeRequest, NodeState, RepoRequest, ROUTERS_GROUP};
 
 use super::strategy::{next_step, Situation, Step};
+use crate::background::Wake;
 use crate::NodeContext;
 
 /// How often a controller looks at its deployment.
@@ -37,16 +38,13 @@ impl Controllers {
     }
 }
 
-/// Starts the loop that takes deployments; it ends when the node stops.
-pub(crate) fn spawn_controllers(node: Weak<NodeContext>) {
-    tokio::spawn(async move {
-        while let Some(node) = node.upgrade().filter(|n| !n.is_stopping()) {
-            take_deployments(&node).await;
-            if node.meta.status().leader == Some(node.config.id.0) {
-                repair_environments(&node).await;
-            }
-            drop(node);
-            tokio::time::sleep(TICK).await;
+/// Starts the loop that takes deployments under the node's
+/// [`crate::background::Background`]: at once when the records change, every [`TICK`] at least.
+pub(crate) fn spawn_controllers(node: &Arc<NodeContext>) {
+    node.background.spawn_loop("deploy.controllers", Arc::downgrade(node), Wake::OnChange(TICK), |node| async move {
+        take_deployments(&node).await;
+        if node.meta.status().leader == Some(node.config.id.0) {
+            repair_environments(&node).await;
         }
     });
 }

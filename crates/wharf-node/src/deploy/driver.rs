@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,6 +21,7 @@ use wharf_meta::DeployCommand;
 use wharf_proto::deploy::{DriverSpec, HealthCheck, InstanceHealth, InstanceRecord, Release};
 use wharf_proto::{ApiError, NodeRequest};
 
+use crate::background::Wake;
 use crate::NodeContext;
 
 /// How often the driver compares records with processes.
@@ -49,14 +50,11 @@ impl Driver {
     }
 }
 
-/// Starts the driver of `node`; it ends when the node stops.
-pub(crate) fn spawn_driver(node: Weak<NodeContext>) {
-    tokio::spawn(async move {
-        while let Some(node) = node.upgrade().filter(|n| !n.is_stopping()) {
-            reconcile(&node).await;
-            drop(node);
-            tokio::time::sleep(RECONCILE).await;
-        }
+/// Starts the driver of `node` under its [`crate::background::Background`]: it reconciles at
+/// once when the records change, every [`RECONCILE`] at least.
+pub(crate) fn spawn_driver(node: &Arc<NodeContext>) {
+    node.background.spawn_loop("deploy.driver", Arc::downgrade(node), Wake::OnChange(RECONCILE), |node| async move {
+        reconcile(&node).await;
     });
 }
 
