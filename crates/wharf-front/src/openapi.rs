@@ -38,12 +38,13 @@ pub(crate) mod tags {
     pub const META: &str = "meta";
 }
 
-/// A numeric id in the path (`/api/v1/jobs/{id}`, ...).
+/// A numeric id in the path (`/api/v1/jobs/{id}`, ...). It only describes the parameter:
+/// the handlers take it as `JsonPath<u64>`, or in a tuple with the path's other parameters.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
 pub(crate) struct IdPath {
     /// The id of the pipeline, job, environment, deployment or node the path names.
-    #[allow(dead_code)]
+    #[allow(dead_code)] // read by the document, never by a handler
     pub id: u64,
 }
 
