@@ -185,6 +185,8 @@ pub async fn cluster(server: Server, command: ClusterCommand) -> anyhow::Result<
         }
         ClusterCommand::Wait { timeout } => {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            // A poll that prints what it waits for at each step, not a retry of a failed call
+            // (those are `send`'s): kept as a loop.
             loop {
                 let status = server.send(Method::GET, "/api/v1/cluster", None).await?;
                 let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
@@ -212,6 +214,7 @@ pub async fn cluster(server: Server, command: ClusterCommand) -> anyhow::Result<
                 return Ok(());
             }
             let mut total = None;
+            // A poll that prints the drain's progress, not a retry: kept as a loop.
             loop {
                 let status = server.send(Method::GET, "/api/v1/cluster", None).await?;
                 let Some(entry) = status["nodes"].as_array().and_then(|n| n.iter().find(|e| e["id"] == node)).cloned() else {
