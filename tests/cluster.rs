@@ -81,6 +81,10 @@ fn repositories_spread_over_three_nodes_and_a_killed_node_only_takes_its_own_off
     wait_until("the restarted front sees every repository", Duration::from_secs(30), || {
         front.get("/api/v1/repos").json["repos"].as_array().map(Vec::len) == Some(5)
     });
+    // Reads through it need its mesh session to node 3, which it dials again after the restart.
+    wait_until("the restarted front reaches node 3", Duration::from_secs(30), || {
+        front.get(&format!("/api/v1/repos/{on_three}/branches")).status == 200
+    });
     let branches = front.get(&format!("/api/v1/repos/{on_three}/branches"));
     assert_eq!(branches.json["branches"][0]["commit"], *head_three);
 }

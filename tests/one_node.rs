@@ -628,3 +628,47 @@ fn a_repository_slow_to_open_does_not_hold_up_the_others() {
     assert_eq!(status.ok(), Some(200), "the slow repository answers once its disk does");
     assert!(waited >= Duration::from_secs(2), "it was held for the whole time");
 }
+
+/// The OpenAPI document lists every REST route, and each operation it lists is served: no
+/// documented operation meets the no-route fallback or a 405. (That every `/api/v1` route is
+/// in the document is checked in the front's unit tests, from its sources.)
+#[test]
+fn the_openapi_document_describes_routes_that_are_served() {
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(data.path());
+    let answer = wharf.get("/api/v1/openapi.json");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let document = &answer.json;
+    assert!(document["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")), "{}", document["openapi"]);
+    let paths = document["paths"].as_object().expect("paths");
+    for required in ["/api/v1/repos", "/api/v1/repos/{owner}/{name}/tree", "/api/v1/jobs/{id}/artifacts/{path}", "/api/v1/deployments/{id}"] {
+        assert!(paths.contains_key(required), "{required} is not documented");
+    }
+    // What the fallback answers to an API path no route serves.
+    let unrouted = wharf.get("/api/v1/no-such-route");
+    assert_eq!(unrouted.status, 404);
+    let no_route = |answer: &wharf_tests::Answer| {
+        answer.status == 404 && answer.json["error"]["message"].as_str().is_some_and(|m| m.contains("no route for"))
+    };
+    assert!(no_route(&unrouted), "{unrouted:?}");
+    let mut checked = 0;
+    for (template, item) in paths {
+        // Ids that name nothing and names that exist nowhere: nothing is changed, and
+        // without a token no change could be made anyway.
+        let path = template
+            .replace("{owner}", "nobody")
+            .replace("{name}", "nothing")
+            .replace("{path}", "dist/app.tar")
+            .split('{')
+            .enumerate()
+            .map(|(i, part)| if i == 0 { part.to_owned() } else { format!("987654{}", part.split_once('}').map_or("", |(_, rest)| rest)) })
+            .collect::<String>();
+        for method in item.as_object().expect("a path item").keys() {
+            let answer = wharf.request(&method.to_uppercase(), &path, None, None);
+            assert!(!no_route(&answer), "{method} {template} ({path}) is documented but not routed: {answer:?}");
+            assert_ne!(answer.status, 405, "{method} {template} ({path}) is documented but its method is not served");
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "{checked} operations checked");
+}

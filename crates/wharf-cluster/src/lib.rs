@@ -134,6 +134,9 @@ impl Cluster {
     /// and the process groups are synchronised. Dials `peers` again every couple of seconds
     /// meanwhile, so a process may start before the member it joins through.
     pub async fn wait_for_peer(&self, peers: &[String], timeout: Duration) -> Result<(), ClusterError> {
+        // Hand-written rather than a backon retry: this waits for a session that may come
+        // either from our own dial or from a peer dialling us, so it watches often (100 ms)
+        // while it dials only every 2 s; a retry of the dial alone would miss the second way.
         let deadline = tokio::time::Instant::now() + timeout;
         let mut next_dial = tokio::time::Instant::now();
         while tokio::time::Instant::now() < deadline {
@@ -156,21 +159,21 @@ impl Cluster {
     /// Asks the leader, through any member, to take this process in; retries until `timeout`
     /// (a leader may be being elected).
     pub async fn join(&self, request: &JoinRequest, timeout: Duration) -> Result<(), ClusterError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut last_error = String::from("no member reachable");
-        while tokio::time::Instant::now() < deadline {
-            if let Some(peer) = endpoint::any_peer_endpoint(self.id) {
-                match endpoint::send_join(&peer, request).await {
-                    Ok(()) => return Ok(()),
-                    Err(error) => {
-                        tracing::info!(%error, "join not done yet; retrying");
-                        last_error = error;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        Err(ClusterError::Join(last_error))
+        use backon::Retryable;
+        let attempt = || async {
+            let peer = endpoint::any_peer_endpoint(self.id).ok_or_else(|| String::from("no member reachable"))?;
+            endpoint::send_join(&peer, request).await
+        };
+        let backoff = backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(1))
+            .with_total_delay(Some(timeout))
+            .without_max_times();
+        attempt
+            .retry(backoff)
+            .notify(|error, _| tracing::info!(%error, "join not done yet; retrying"))
+            .await
+            .map_err(ClusterError::Join)
     }
 
     /// Keeps a connection to every member `meta` knows, redialling any that is missing every

@@ -6,22 +6,27 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::routing::get;
+use axum::Json;
 use base64::Engine;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use wharf_placement::Member;
 use wharf_proto::{
-    ApiError, BlobView, CommitFilesRequest, FileAction, FileActionKind, MergeRequest, MergeStrategy, NodeReply,
-    NodeRequest, NodeState, Principal, RepoName, RepoRecord, RepoRequest,
+    ApiError, BlobView, BranchView, CommitDetail, CommitFilesRequest, CompareView, FileAction, FileActionKind, LogPage,
+    MergeOutcome, MergeRequest, MergeStrategy, NodeReply, NodeRequest, NodeState, Principal, PushEvent, RaftRole, RepoName,
+    RepoRecord, RepoRequest, RepoSummary, TagView, TreePage,
 };
 
 use crate::error::HttpError;
 use crate::extract::{BodyOrQuery, JsonBody, JsonPath};
+use crate::openapi::{tags, IdPath};
 use crate::{auth, FrontState};
 
 type Shared = Arc<FrontState>;
@@ -34,34 +39,45 @@ const LOG_PAGE: (u64, u64) = (30, 100);
 /// Push events per page unless the client asks otherwise, and at most.
 const EVENT_PAGE: (usize, usize) = (100, 1000);
 
-/// The API's routes.
-pub(crate) fn routes(state: Shared) -> Router<Shared> {
-    let repo = "/api/v1/repos/{owner}/{name}";
-    Router::new()
+/// The API's routes. Every route under `/api/v1` is registered through `routes!`, so it
+/// cannot exist without its entry in the OpenAPI document (a test in `openapi` checks that no
+/// `/api/v1` route is registered any other way). The body limit is the caller's to add.
+pub(crate) fn routes() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/repos", get(list_repos).post(create_repo))
-        .route(repo, get(show_repo).delete(delete_repo))
-        .route(&format!("{repo}/branches"), get(list_branches).post(create_branch))
-        .route(&format!("{repo}/branches/{{*branch}}"), delete(delete_branch))
-        .route(&format!("{repo}/tags"), get(list_tags))
-        .route(&format!("{repo}/tree"), get(tree))
-        .route(&format!("{repo}/blob"), get(blob))
-        .route(&format!("{repo}/raw"), get(raw))
-        .route(&format!("{repo}/commits"), get(log).post(commit_files))
-        .route(&format!("{repo}/commits/{{sha}}"), get(show_commit))
-        .route(&format!("{repo}/compare"), get(compare))
-        .route(&format!("{repo}/merges"), post(merge))
-        .route(&format!("{repo}/events"), get(events))
-        .route("/api/v1/cluster", get(cluster_status))
-        .route("/api/v1/cluster/nodes/{id}/drain", post(drain_node))
-        .route("/api/v1/cluster/nodes/{id}/undrain", post(undrain_node))
-        .route("/api/v1/cluster/nodes/{id}", delete(remove_node))
-        .route("/api/v1/repo/details", get(seed_details))
-        .route("/api/v1/repo/branch", post(seed_create_branch))
+        .routes(routes!(list_repos, create_repo))
+        .routes(routes!(show_repo, delete_repo))
+        .routes(routes!(list_branches, create_branch))
+        .routes(routes!(delete_branch))
+        .routes(routes!(list_tags))
+        .routes(routes!(tree))
+        .routes(routes!(blob))
+        .routes(routes!(raw))
+        .routes(routes!(log, commit_files))
+        .routes(routes!(show_commit))
+        .routes(routes!(compare))
+        .routes(routes!(merge))
+        .routes(routes!(events))
+        .routes(routes!(cluster_status))
+        .routes(routes!(drain_node))
+        .routes(routes!(undrain_node))
+        .routes(routes!(remove_node))
+        .routes(routes!(seed_details))
+        .routes(routes!(seed_create_branch))
+        .routes(routes!(crate::openapi::openapi_json))
         .merge(crate::ci::routes())
         .merge(crate::deploy::routes())
-        .layer(DefaultBodyLimit::max(state.config.max_api_body_bytes))
+}
+
+/// The path of a repository's routes: `/api/v1/repos/{owner}/{name}/...`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct RepoPath {
+    /// The repository's owner.
+    pub owner: String,
+    /// The repository's name.
+    pub name: String,
 }
 
 async fn healthz() -> Json<Value> {
@@ -182,16 +198,50 @@ pub(crate) fn created(value: impl serde::Serialize) -> ApiResult {
     Ok((StatusCode::CREATED, Json(value)).into_response())
 }
 
-fn record_json(state: &FrontState, record: &RepoRecord) -> Value {
-    json!({
-        "id": record.id.0,
-        "name": record.name.to_string(),
-        "owner": record.name.owner(),
-        "repo": record.name.name(),
-        "node": record.node.0,
-        "created_ms": record.created_ms,
-        "clone_url": format!("{}/{}.git", state.config.public_url.trim_end_matches('/'), record.name),
-    })
+/// A repository as the API shows it.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct RepoView {
+    /// Its id.
+    id: u64,
+    /// `owner/name`.
+    name: String,
+    /// The owner part of its name.
+    owner: String,
+    /// The name part of its name.
+    repo: String,
+    /// The node that owns it.
+    node: u64,
+    /// Creation time, milliseconds since the Unix epoch.
+    created_ms: u64,
+    /// The URL to clone it with.
+    clone_url: String,
+}
+
+fn record_json(state: &FrontState, record: &RepoRecord) -> RepoView {
+    RepoView {
+        id: record.id.0,
+        name: record.name.to_string(),
+        owner: record.name.owner().to_owned(),
+        repo: record.name.name().to_owned(),
+        node: record.node.0,
+        created_ms: record.created_ms,
+        clone_url: format!("{}/{}.git", state.config.public_url.trim_end_matches('/'), record.name),
+    }
+}
+
+/// A repository with its summary.
+#[derive(Serialize, ToSchema)]
+struct RepoDetail {
+    #[serde(flatten)]
+    repo: RepoView,
+    #[serde(flatten)]
+    summary: RepoSummary,
+}
+
+/// Every repository.
+#[derive(Serialize, ToSchema)]
+struct RepoList {
+    repos: Vec<RepoView>,
 }
 
 /// The node a new repository goes to: the owner among active members by weighted rendezvous.
@@ -217,18 +267,21 @@ fn placement_owner(state: &FrontState, name: &RepoName) -> Result<wharf_proto::N
 
 // ---- repositories ----
 
+#[utoipa::path(get, path = "/api/v1/repos", tag = tags::REPOS, responses((status = 200, description = "Every repository", body = RepoList)))]
 async fn list_repos(State(state): State<Shared>, headers: HeaderMap) -> ApiResult {
     reader(&state, &headers)?;
-    let repos: Vec<Value> = state.directory.repos().iter().map(|r| record_json(&state, r)).collect();
-    json_ok(json!({ "repos": repos }))
+    let repos = state.directory.repos().iter().map(|r| record_json(&state, r)).collect();
+    json_ok(RepoList { repos })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateRepoBody {
+    /// `owner/name`.
     name: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/repos", tag = tags::REPOS, request_body = CreateRepoBody, responses((status = 201, description = "Created, on the node placement chose", body = RepoView)))]
 async fn create_repo(State(state): State<Shared>, headers: HeaderMap, JsonBody(body): JsonBody<CreateRepoBody>) -> ApiResult {
     writer(&state, &headers)?;
     let name = RepoName::parse(&body.name)?;
@@ -242,7 +295,8 @@ async fn create_repo(State(state): State<Shared>, headers: HeaderMap, JsonBody(b
     }
 }
 
-async fn show_repo(State(state): State<Shared>, headers: HeaderMap, JsonPath((owner, name)): JsonPath<(String, String)>) -> ApiResult {
+#[utoipa::path(get, path = "/api/v1/repos/{owner}/{name}", tag = tags::REPOS, params(RepoPath), responses((status = 200, description = "The repository and its summary", body = RepoDetail)))]
+async fn show_repo(State(state): State<Shared>, headers: HeaderMap, JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>) -> ApiResult {
     reader(&state, &headers)?;
     let name = repo_name(&owner, &name)?;
     let record = record_of(&state, &name)?;
@@ -250,15 +304,14 @@ async fn show_repo(State(state): State<Shared>, headers: HeaderMap, JsonPath((ow
         NodeReply::Summary(summary) => summary,
         other => return Err(unexpected(other).into()),
     };
-    let mut body = record_json(&state, &record);
-    body["default_branch"] = json!(summary.default_branch);
-    body["size_bytes"] = json!(summary.size_bytes);
-    body["branch_count"] = json!(summary.branch_count);
-    body["empty"] = json!(summary.empty);
-    json_ok(body)
+    json_ok(RepoDetail {
+        repo: record_json(&state, &record),
+        summary,
+    })
 }
 
-async fn delete_repo(State(state): State<Shared>, headers: HeaderMap, JsonPath((owner, name)): JsonPath<(String, String)>) -> ApiResult {
+#[utoipa::path(delete, path = "/api/v1/repos/{owner}/{name}", tag = tags::REPOS, params(RepoPath), responses((status = 204, description = "Deleted")))]
+async fn delete_repo(State(state): State<Shared>, headers: HeaderMap, JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>) -> ApiResult {
     writer(&state, &headers)?;
     let name = repo_name(&owner, &name)?;
     let record = record_of(&state, &name)?;
@@ -271,26 +324,42 @@ async fn delete_repo(State(state): State<Shared>, headers: HeaderMap, JsonPath((
 
 // ---- refs ----
 
-async fn list_branches(State(state): State<Shared>, headers: HeaderMap, JsonPath((owner, name)): JsonPath<(String, String)>) -> ApiResult {
+#[utoipa::path(get, path = "/api/v1/repos/{owner}/{name}/branches", tag = tags::REPOS, params(RepoPath), responses((status = 200, description = "The branches", body = BranchList)))]
+async fn list_branches(State(state): State<Shared>, headers: HeaderMap, JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>) -> ApiResult {
     reader(&state, &headers)?;
     let name = repo_name(&owner, &name)?;
     match repo_call(&state, &name, RepoRequest::ListBranches).await? {
-        NodeReply::Branches(branches) => json_ok(json!({ "branches": branches })),
+        NodeReply::Branches(branches) => json_ok(BranchList { branches }),
         other => Err(unexpected(other).into()),
     }
 }
 
-#[derive(Deserialize)]
+/// A repository's branches.
+#[derive(Serialize, ToSchema)]
+struct BranchList {
+    branches: Vec<BranchView>,
+}
+
+/// A repository's tags.
+#[derive(Serialize, ToSchema)]
+struct TagList {
+    tags: Vec<TagView>,
+}
+
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBranchBody {
+    /// The new branch's short name.
     name: String,
+    /// The branch, tag or commit it starts at; default: the default branch.
     from: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/repos/{owner}/{name}/branches", tag = tags::REPOS, params(RepoPath), request_body = CreateBranchBody, responses((status = 201, description = "Created", body = BranchView)))]
 async fn create_branch(
     State(state): State<Shared>,
     headers: HeaderMap,
-    JsonPath((owner, name)): JsonPath<(String, String)>,
+    JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>,
     JsonBody(body): JsonBody<CreateBranchBody>,
 ) -> ApiResult {
     writer(&state, &headers)?;
@@ -305,6 +374,7 @@ async fn create_branch(
     }
 }
 
+#[utoipa::path(delete, path = "/api/v1/repos/{owner}/{name}/branches/{*branch}", tag = tags::REPOS, params(RepoPath, ("branch" = String, Path, description = "The branch's short name; it may hold slashes")), responses((status = 204, description = "Deleted")))]
 async fn delete_branch(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -316,32 +386,39 @@ async fn delete_branch(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_tags(State(state): State<Shared>, headers: HeaderMap, JsonPath((owner, name)): JsonPath<(String, String)>) -> ApiResult {
+#[utoipa::path(get, path = "/api/v1/repos/{owner}/{name}/tags", tag = tags::REPOS, params(RepoPath), responses((status = 200, description = "The tags", body = TagList)))]
+async fn list_tags(State(state): State<Shared>, headers: HeaderMap, JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>) -> ApiResult {
     reader(&state, &headers)?;
     let name = repo_name(&owner, &name)?;
     match repo_call(&state, &name, RepoRequest::ListTags).await? {
-        NodeReply::Tags(tags) => json_ok(json!({ "tags": tags })),
+        NodeReply::Tags(tags) => json_ok(TagList { tags }),
         other => Err(unexpected(other).into()),
     }
 }
 
 // ---- browsing ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TreeQuery {
+    /// The branch, tag or commit to read; default: the default branch.
     #[serde(rename = "ref")]
     rev: Option<String>,
+    /// The directory; default: the root.
     #[serde(default)]
     path: String,
+    /// Entries to skip.
     #[serde(default)]
     offset: u64,
+    /// Entries per page (default 100, at most 1000).
     limit: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/repos/{owner}/{name}/tree", tag = tags::BROWSE, params(RepoPath, TreeQuery), responses((status = 200, description = "A page of a directory listing", body = TreePage)))]
 async fn tree(
     State(state): State<Shared>,
     headers: HeaderMap,
-    JsonPath((owner, name)): JsonPath<(String, String)>,
+    JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>,
     query: Result<Query<TreeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     reader(&state, &headers)?;
@@ -359,11 +436,33 @@ async fn tree(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct BlobQuery {
+    /// The branch, tag or commit to read; default: the default branch.
     #[serde(rename = "ref")]
     rev: Option<String>,
+    /// The file's path (required).
     path: Option<String>,
+}
+
+/// A file's content: UTF-8 text, or base64 for binary files.
+#[derive(Serialize, ToSchema)]
+struct BlobJson {
+    /// The commit it was read at.
+    commit: String,
+    /// Its path.
+    path: String,
+    /// Its object id.
+    id: String,
+    /// Its size in bytes.
+    size: u64,
+    /// Whether the content looks binary.
+    binary: bool,
+    /// `utf-8` or `base64`.
+    encoding: String,
+    /// The content in that encoding.
+    content: String,
 }
 
 async fn read_blob(state: &FrontState, headers: &HeaderMap, owner: &str, name: &str, query: BlobQuery) -> Result<BlobView, ApiError> {
@@ -376,10 +475,11 @@ async fn read_blob(state: &FrontState, headers: &HeaderMap, owner: &str, name: &
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/repos/{owner}/{name}/blob", tag = tags::BROWSE, params(RepoPath, BlobQuery), responses((status = 200, description = "A file and its content", body = BlobJson)))]
 async fn blob(
     State(state): State<Shared>,
     headers: HeaderMap,
-    JsonPath((owner, name)): JsonPath<(String, String)>,
+    JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>,
     query: Result<Query<BlobQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let Query(query) = query.map_err(bad_query)?;
@@ -389,21 +489,22 @@ async fn blob(
     } else {
         ("utf-8", String::from_utf8_lossy(&blob.content).into_owned())
     };
-    json_ok(json!({
-        "commit": blob.commit,
-        "path": blob.path,
-        "id": blob.id,
-        "size": blob.size,
-        "binary": blob.binary,
-        "encoding": encoding,
-        "content": content,
-    }))
+    json_ok(BlobJson {
+        commit: blob.commit,
+        path: blob.path,
+        id: blob.id,
+        size: blob.size,
+        binary: blob.binary,
+        encoding: encoding.to_owned(),
+        content,
+    })
 }
 
+#[utoipa::path(get, path = "/api/v1/repos/{owner}/{name}/raw", tag = tags::BROWSE, params(RepoPath, BlobQuery), responses((status = 200, description = "A file's bytes: text/plain for text, application/octet-stream for binary files", content_type = "application/octet-stream", body = Vec<u8>)))]
 async fn raw(
     State(state): State<Shared>,
     headers: HeaderMap,
-    JsonPath((owner, name)): JsonPath<(String, String)>,
+    JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>,
     query: Result<Query<BlobQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let Query(query) = query.map_err(bad_query)?;
@@ -412,19 +513,25 @@ async fn raw(
     Ok(([(header::CONTENT_TYPE, content_type)], blob.content).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LogQuery {
+    /// The branch, tag or commit to start at; default: the default branch.
     #[serde(rename = "ref")]
     rev: Option<String>,
+    /// Only commits that change this path.
     path: Option<String>,
+    /// Commits per page (default 30, at most 100).
     limit: Option<u64>,
+    /// The `next_cursor` of the page before.
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/repos/{owner}/{name}/commits", tag = tags::BROWSE, params(RepoPath, LogQuery), responses((status = 200, description = "A page of history, newest first", body = LogPage)))]
 async fn log(
     State(state): State<Shared>,
     headers: HeaderMap,
-    JsonPath((owner, name)): JsonPath<(String, String)>,
+    JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     reader(&state, &headers)?;
@@ -442,6 +549,7 @@ async fn log(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/repos/{owner}/{name}/commits/{sha}", tag = tags::BROWSE, params(RepoPath, ("sha" = String, Path, description = "A commit id, branch or tag")), responses((status = 200, description = "The commit and its diff statistics", body = CommitDetail)))]
 async fn show_commit(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -455,16 +563,20 @@ async fn show_commit(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct CompareQuery {
+    /// The branch, tag or commit compared against (required).
     base: Option<String>,
+    /// The branch, tag or commit compared (required).
     head: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/repos/{owner}/{name}/compare", tag = tags::BROWSE, params(RepoPath, CompareQuery), responses((status = 200, description = "Commits on head not on base, and the diff", body = CompareView)))]
 async fn compare(
     State(state): State<Shared>,
     headers: HeaderMap,
-    JsonPath((owner, name)): JsonPath<(String, String)>,
+    JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>,
     query: Result<Query<CompareQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     reader(&state, &headers)?;
@@ -482,7 +594,7 @@ async fn compare(
 // ---- writes ----
 
 /// One file change as the API takes it: content as text, or base64 with `"encoding":"base64"`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct FileActionBody {
     action: FileActionKind,
@@ -494,7 +606,8 @@ struct FileActionBody {
     executable: bool,
 }
 
-#[derive(Deserialize)]
+/// A commit of file changes to a branch.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CommitBody {
     branch: String,
@@ -536,10 +649,11 @@ fn author(principal: &Principal, name: Option<String>, email: Option<String>) ->
     )
 }
 
+#[utoipa::path(post, path = "/api/v1/repos/{owner}/{name}/commits", tag = tags::REPOS, params(RepoPath), request_body = CommitBody, responses((status = 201, description = "The new commit", body = CommitDetail)))]
 async fn commit_files(
     State(state): State<Shared>,
     headers: HeaderMap,
-    JsonPath((owner, name)): JsonPath<(String, String)>,
+    JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>,
     JsonBody(body): JsonBody<CommitBody>,
 ) -> ApiResult {
     let principal = writer(&state, &headers)?;
@@ -561,7 +675,8 @@ async fn commit_files(
     }
 }
 
-#[derive(Deserialize)]
+/// A merge of `head` into the branch `base`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MergeBody {
     base: String,
@@ -572,10 +687,11 @@ struct MergeBody {
     author_email: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/repos/{owner}/{name}/merges", tag = tags::REPOS, params(RepoPath), request_body = MergeBody, responses((status = 200, description = "What the merge did", body = MergeOutcome)))]
 async fn merge(
     State(state): State<Shared>,
     headers: HeaderMap,
-    JsonPath((owner, name)): JsonPath<(String, String)>,
+    JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>,
     JsonBody(body): JsonBody<MergeBody>,
 ) -> ApiResult {
     let principal = writer(&state, &headers)?;
@@ -597,17 +713,27 @@ async fn merge(
 
 // ---- push events ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
+    /// Only events after this sequence number.
     #[serde(default)]
     after: u64,
+    /// Events per page (default 100, at most 1000).
     limit: Option<usize>,
 }
 
+/// A repository's push events, oldest first.
+#[derive(Serialize, ToSchema)]
+struct EventList {
+    events: Vec<PushEvent>,
+}
+
+#[utoipa::path(get, path = "/api/v1/repos/{owner}/{name}/events", tag = tags::REPOS, params(RepoPath, EventsQuery), responses((status = 200, description = "Push events, oldest first", body = EventList)))]
 async fn events(
     State(state): State<Shared>,
     headers: HeaderMap,
-    JsonPath((owner, name)): JsonPath<(String, String)>,
+    JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     reader(&state, &headers)?;
@@ -616,13 +742,14 @@ async fn events(
     let record = record_of(&state, &name)?;
     let limit = query.limit.unwrap_or(EVENT_PAGE.0).clamp(1, EVENT_PAGE.1);
     let events = state.directory.push_events(record.id, query.after, limit);
-    json_ok(json!({ "events": events }))
+    json_ok(EventList { events })
 }
 
 // ---- the cluster ----
 
 /// Every storage node with its state, Raft role, repositories and live figures, and the other
 /// Raft members (fronts).
+#[utoipa::path(get, path = "/api/v1/cluster", tag = tags::CLUSTER, responses((status = 200, description = "Every node, its state and figures, and the balance", body = ClusterStatus)))]
 async fn cluster_status(State(state): State<Shared>, headers: HeaderMap) -> ApiResult {
     reader(&state, &headers)?;
     let roles: std::collections::BTreeMap<u64, wharf_proto::RaftRole> =
@@ -634,24 +761,24 @@ async fn cluster_status(State(state): State<Shared>, headers: HeaderMap) -> ApiR
             Ok(NodeReply::Stats(stats)) => Some(stats),
             _ => None,
         };
-        nodes.push(json!({
-            "id": node.id.0,
-            "addr": node.addr,
-            "state": if stats.is_none() && node.state == NodeState::Active { json!("down") } else { json!(node.state) },
-            "weight": node.weight,
-            "raft_role": roles.get(&node.id.0).copied().unwrap_or(wharf_proto::RaftRole::None),
-            "repos": repos.iter().filter(|r| r.node == node.id).count(),
-            "actors": stats.as_ref().map(|s| s.actors),
-            "sessions": stats.as_ref().map(|s| s.sessions),
-            "moves": stats.as_ref().map(|s| s.moves),
-            "reachable": stats.is_some(),
-        }));
+        nodes.push(ClusterNode {
+            id: node.id.0,
+            addr: node.addr.clone(),
+            state: if stats.is_none() && node.state == NodeState::Active { NodeState::Down } else { node.state },
+            weight: node.weight,
+            raft_role: roles.get(&node.id.0).copied().unwrap_or(RaftRole::None),
+            repos: repos.iter().filter(|r| r.node == node.id).count(),
+            actors: stats.as_ref().map(|s| s.actors),
+            sessions: stats.as_ref().map(|s| s.sessions),
+            moves: stats.as_ref().map(|s| s.moves),
+            reachable: stats.is_some(),
+        });
     }
     let storage: Vec<u64> = state.directory.nodes().iter().map(|n| n.id.0).collect();
-    let others: Vec<Value> = roles
+    let others = roles
         .iter()
         .filter(|(id, _)| !storage.contains(id))
-        .map(|(id, role)| json!({"id": id, "raft_role": role}))
+        .map(|(id, role)| OtherMember { id: *id, raft_role: *role })
         .collect();
     let members: Vec<Member> = state
         .directory
@@ -664,23 +791,75 @@ async fn cluster_status(State(state): State<Shared>, headers: HeaderMap) -> ApiR
         .iter()
         .filter(|r| wharf_placement::owner(&members, wharf_placement::key_of(&r.name.to_string())) != Some(r.node.0))
         .count();
-    json_ok(json!({
-        "nodes": nodes,
-        "other_members": others,
-        "misplaced": misplaced,
-        "balanced": misplaced == 0,
-    }))
+    json_ok(ClusterStatus {
+        nodes,
+        other_members: others,
+        misplaced,
+        balanced: misplaced == 0,
+    })
 }
 
+/// The cluster as the front sees it.
+#[derive(Serialize, ToSchema)]
+struct ClusterStatus {
+    /// Every storage node.
+    nodes: Vec<ClusterNode>,
+    /// Raft members that are not storage nodes (fronts).
+    other_members: Vec<OtherMember>,
+    /// Repositories not on the node placement wants them on.
+    misplaced: usize,
+    /// Whether no repository is misplaced.
+    balanced: bool,
+}
+
+/// A storage node with its live figures (`null` when it does not answer).
+#[derive(Serialize, ToSchema)]
+struct ClusterNode {
+    id: u64,
+    /// Its cluster address.
+    addr: String,
+    /// Its state; `down` for an active node that does not answer.
+    state: NodeState,
+    weight: u32,
+    raft_role: RaftRole,
+    /// Repositories it owns.
+    repos: usize,
+    /// Repository actors active now.
+    actors: Option<u64>,
+    /// Git sessions open now.
+    sessions: Option<u64>,
+    /// Repositories it has moved away since it started.
+    moves: Option<u64>,
+    /// Whether it answered.
+    reachable: bool,
+}
+
+/// A Raft member that is not a storage node.
+#[derive(Serialize, ToSchema)]
+struct OtherMember {
+    id: u64,
+    raft_role: RaftRole,
+}
+
+/// A node's new state.
+#[derive(Serialize, ToSchema)]
+struct NodeStateChange {
+    id: u64,
+    state: NodeState,
+}
+
+#[utoipa::path(post, path = "/api/v1/cluster/nodes/{id}/drain", tag = tags::CLUSTER, params(IdPath), responses((status = 200, description = "The node is draining", body = NodeStateChange)))]
 async fn drain_node(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     set_node_state(&state, &headers, id, NodeState::Draining).await
 }
 
+#[utoipa::path(post, path = "/api/v1/cluster/nodes/{id}/undrain", tag = tags::CLUSTER, params(IdPath), responses((status = 200, description = "The node is active again", body = NodeStateChange)))]
 async fn undrain_node(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     set_node_state(&state, &headers, id, NodeState::Active).await
 }
 
 /// Removes a drained node from the cluster, through any other node.
+#[utoipa::path(delete, path = "/api/v1/cluster/nodes/{id}", tag = tags::CLUSTER, params(IdPath), responses((status = 204, description = "Removed from the cluster")))]
 async fn remove_node(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     writer(&state, &headers)?;
     let request = NodeRequest::RemoveMember {
@@ -715,7 +894,7 @@ async fn set_node_state(state: &FrontState, headers: &HeaderMap, id: u64, new_st
     let mut last_error = None;
     for candidate in candidates {
         match state.nodes.call(candidate, &request).await {
-            Ok(_) => return json_ok(json!({"id": id, "state": new_state})),
+            Ok(_) => return json_ok(NodeStateChange { id, state: new_state }),
             Err(error @ ApiError::Unavailable { .. }) => last_error = Some(error),
             Err(error) => return Err(error.into()),
         }
@@ -725,31 +904,53 @@ async fn set_node_state(state: &FrontState, headers: &HeaderMap, id: u64, new_st
 
 // ---- the seed API ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SeedDetails {
+    /// The repository: `owner/name` or its clone URL.
     repo_url: String,
 }
 
+/// A repository's branches, in the seed API's words.
+#[derive(Serialize, ToSchema)]
+struct SeedRepoDetails {
+    repo_name: String,
+    owner: String,
+    branches: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/repo/details", tag = tags::SEED, description = "The arguments come as query parameters, or as the same fields in a JSON body.", params(SeedDetails), responses((status = 200, description = "The repository's branches", body = SeedRepoDetails)))]
 async fn seed_details(State(state): State<Shared>, headers: HeaderMap, BodyOrQuery(body): BodyOrQuery<SeedDetails>) -> ApiResult {
     reader(&state, &headers)?;
     let name = RepoName::parse(&body.repo_url)?;
     match repo_call(&state, &name, RepoRequest::ListBranches).await? {
-        NodeReply::Branches(branches) => json_ok(json!({
-            "repo_name": name.name(),
-            "owner": name.owner(),
-            "branches": branches.into_iter().map(|b| b.name).collect::<Vec<_>>(),
-        })),
+        NodeReply::Branches(branches) => json_ok(SeedRepoDetails {
+            repo_name: name.name().to_owned(),
+            owner: name.owner().to_owned(),
+            branches: branches.into_iter().map(|b| b.name).collect(),
+        }),
         other => Err(unexpected(other).into()),
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct SeedBranch {
+    /// The repository: `owner/name` or its clone URL.
     repo_url: String,
+    /// The new branch's name.
     branch_name: String,
+    /// Where it starts; default: the default branch.
     from: Option<String>,
 }
 
+/// A created branch, in the seed API's words.
+#[derive(Serialize, ToSchema)]
+struct SeedBranchCreated {
+    message: String,
+    branch_name: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/repo/branch", tag = tags::SEED, request_body = SeedBranch, responses((status = 201, description = "Created", body = SeedBranchCreated)))]
 async fn seed_create_branch(State(state): State<Shared>, headers: HeaderMap, JsonBody(body): JsonBody<SeedBranch>) -> ApiResult {
     writer(&state, &headers)?;
     let name = RepoName::parse(&body.repo_url)?;
@@ -758,10 +959,10 @@ async fn seed_create_branch(State(state): State<Shared>, headers: HeaderMap, Jso
         from: body.from,
     };
     match repo_call(&state, &name, request).await? {
-        NodeReply::Branch(branch) => created(json!({
-            "message": "Branch created successfully",
-            "branch_name": branch.name,
-        })),
+        NodeReply::Branch(branch) => created(SeedBranchCreated {
+            message: "Branch created successfully".into(),
+            branch_name: branch.name,
+        }),
         other => Err(unexpected(other).into()),
     }
 }

@@ -12,15 +12,20 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::Router;
-use serde::Deserialize;
-use serde_json::{json, Value};
-use wharf_proto::{ApiError, CiAction, JobRecord, JobStatus, NodeReply, NodeRequest, PipelineRecord, RepoRequest, Variable, MAX_CHUNK_BYTES};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use wharf_proto::{
+    ApiError, ArtifactFile, CiAction, JobRecord, JobStatus, NodeReply, NodeRequest, PipelineRecord, PipelineStatus, RepoId,
+    RepoRequest, Variable, MAX_CHUNK_BYTES,
+};
 
-use crate::api::{bad_query, created, json_ok, reader, record_of, repo_call, repo_name, unexpected, writer};
+use crate::api::{bad_query, created, json_ok, reader, record_of, repo_call, repo_name, unexpected, writer, RepoPath};
 use crate::error::HttpError;
 use crate::extract::{BodyOrQuery, JsonBody, JsonPath};
+use crate::openapi::{tags, IdPath};
 use crate::FrontState;
 
 type Shared = Arc<FrontState>;
@@ -32,21 +37,20 @@ const LOG_POLL: Duration = Duration::from_millis(250);
 const MAX_VARIABLE_BYTES: usize = 64 * 1024;
 
 /// The CI routes.
-pub(crate) fn routes() -> Router<Shared> {
-    let repo = "/api/v1/repos/{owner}/{name}";
-    Router::new()
-        .route(&format!("{repo}/pipelines"), get(list_pipelines).post(run_pipeline))
-        .route(&format!("{repo}/variables"), get(list_variables).post(set_variable))
-        .route(&format!("{repo}/variables/{{variable}}"), delete(delete_variable))
-        .route("/api/v1/pipelines/{id}", get(show_pipeline))
-        .route("/api/v1/pipelines/{id}/cancel", post(cancel_pipeline))
-        .route("/api/v1/jobs/{id}", get(show_job))
-        .route("/api/v1/jobs/{id}/log", get(job_log))
-        .route("/api/v1/jobs/{id}/retry", post(retry_job))
-        .route("/api/v1/jobs/{id}/artifacts", get(list_artifacts))
-        .route("/api/v1/jobs/{id}/artifacts/{*path}", get(download_artifact))
-        .route("/api/v1/tests/trigger", post(seed_trigger))
-        .route("/api/v1/tests/results", get(seed_results))
+pub(crate) fn routes() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new()
+        .routes(routes!(list_pipelines, run_pipeline))
+        .routes(routes!(list_variables, set_variable))
+        .routes(routes!(delete_variable))
+        .routes(routes!(show_pipeline))
+        .routes(routes!(cancel_pipeline))
+        .routes(routes!(show_job))
+        .routes(routes!(job_log))
+        .routes(routes!(retry_job))
+        .routes(routes!(list_artifacts))
+        .routes(routes!(download_artifact))
+        .routes(routes!(seed_trigger))
+        .routes(routes!(seed_results))
 }
 
 fn pipeline_of(state: &FrontState, id: u64) -> Result<PipelineRecord, ApiError> {
@@ -58,20 +62,82 @@ fn job_of(state: &FrontState, id: u64) -> Result<JobRecord, ApiError> {
 }
 
 /// A pipeline with its jobs, as the API shows it.
-fn pipeline_json(state: &FrontState, pipeline: &PipelineRecord) -> Value {
-    let jobs: Vec<JobRecord> = pipeline.jobs.iter().filter_map(|job| state.directory.job(*job)).collect();
-    let mut body = json!(pipeline);
-    body["ref"] = json!(pipeline.ref_name);
-    body["coverage"] = json!(mean_coverage(&jobs));
-    body["jobs"] = jobs.iter().map(job_json).collect();
-    body
+#[derive(Serialize, ToSchema)]
+struct PipelineView {
+    /// Its id.
+    id: u64,
+    /// The repository.
+    repo: RepoId,
+    /// The full ref pushed (`refs/heads/main`).
+    ref_name: String,
+    /// The same as `ref_name`.
+    #[serde(rename = "ref")]
+    ref_: String,
+    /// The commit it runs.
+    sha: String,
+    status: PipelineStatus,
+    /// Why the file was refused, when it was.
+    error: Option<String>,
+    created_ms: u64,
+    finished_ms: Option<u64>,
+    /// The mean of its jobs' coverage figures, if any job has one.
+    coverage: Option<f64>,
+    /// Its jobs, in stage order.
+    jobs: Vec<JobView>,
 }
 
-fn job_json(job: &JobRecord) -> Value {
-    let mut body = json!(job);
+/// A job as the API shows it: its record and how long it ran.
+#[derive(Serialize, ToSchema)]
+struct JobView {
+    #[serde(flatten)]
+    job: JobRecord,
+    /// From start to finish, once it has finished.
+    duration_ms: Option<u64>,
+}
+
+fn pipeline_json(state: &FrontState, pipeline: &PipelineRecord) -> PipelineView {
+    let jobs: Vec<JobRecord> = pipeline.jobs.iter().filter_map(|job| state.directory.job(*job)).collect();
+    PipelineView {
+        id: pipeline.id,
+        repo: pipeline.repo,
+        ref_name: pipeline.ref_name.clone(),
+        ref_: pipeline.ref_name.clone(),
+        sha: pipeline.sha.clone(),
+        status: pipeline.status,
+        error: pipeline.error.clone(),
+        created_ms: pipeline.created_ms,
+        finished_ms: pipeline.finished_ms,
+        coverage: mean_coverage(&jobs),
+        jobs: jobs.iter().map(job_json).collect(),
+    }
+}
+
+fn job_json(job: &JobRecord) -> JobView {
     let duration = job.started_ms.zip(job.finished_ms).map(|(start, end)| end.saturating_sub(start));
-    body["duration_ms"] = json!(duration);
-    body
+    JobView {
+        job: job.clone(),
+        duration_ms: duration,
+    }
+}
+
+/// A pipeline in a list.
+#[derive(Serialize, ToSchema)]
+struct PipelineSummary {
+    id: u64,
+    /// The full ref pushed.
+    #[serde(rename = "ref")]
+    ref_: String,
+    sha: String,
+    status: PipelineStatus,
+    error: Option<String>,
+    created_ms: u64,
+    finished_ms: Option<u64>,
+}
+
+/// A repository's latest pipelines (at most 100), newest first.
+#[derive(Serialize, ToSchema)]
+struct PipelineList {
+    pipelines: Vec<PipelineSummary>,
 }
 
 /// The mean of the jobs' coverage figures, if any job has one.
@@ -87,32 +153,40 @@ async fn act(state: &FrontState, action: CiAction) -> Result<NodeReply, ApiError
 
 // ---- pipelines and jobs ----
 
-async fn list_pipelines(State(state): State<Shared>, headers: HeaderMap, JsonPath((owner, name)): JsonPath<(String, String)>) -> ApiResult {
+#[utoipa::path(get, path = "/api/v1/repos/{owner}/{name}/pipelines", tag = tags::CI, params(RepoPath), responses((status = 200, description = "The latest pipelines", body = PipelineList)))]
+async fn list_pipelines(State(state): State<Shared>, headers: HeaderMap, JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>) -> ApiResult {
     reader(&state, &headers)?;
     let record = record_of(&state, &repo_name(&owner, &name)?)?;
-    let pipelines: Vec<Value> = state
+    let pipelines = state
         .directory
         .pipelines(record.id, 100)
         .into_iter()
-        .map(|p| {
-            json!({"id": p.id, "ref": p.ref_name, "sha": p.sha, "status": p.status, "error": p.error,
-                   "created_ms": p.created_ms, "finished_ms": p.finished_ms})
+        .map(|p| PipelineSummary {
+            id: p.id,
+            ref_: p.ref_name,
+            sha: p.sha,
+            status: p.status,
+            error: p.error,
+            created_ms: p.created_ms,
+            finished_ms: p.finished_ms,
         })
         .collect();
-    json_ok(json!({ "pipelines": pipelines }))
+    json_ok(PipelineList { pipelines })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RunPipelineBody {
+    /// The branch whose tip runs.
     branch: String,
 }
 
 /// Runs the pipeline of a branch's tip, as a push would.
+#[utoipa::path(post, path = "/api/v1/repos/{owner}/{name}/pipelines", tag = tags::CI, params(RepoPath), request_body = RunPipelineBody, responses((status = 201, description = "The pipeline started, as a push would", body = PipelineView)))]
 async fn run_pipeline(
     State(state): State<Shared>,
     headers: HeaderMap,
-    JsonPath((owner, name)): JsonPath<(String, String)>,
+    JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>,
     JsonBody(body): JsonBody<RunPipelineBody>,
 ) -> ApiResult {
     writer(&state, &headers)?;
@@ -127,37 +201,42 @@ async fn run_pipeline(
 }
 
 
+#[utoipa::path(get, path = "/api/v1/pipelines/{id}", tag = tags::CI, params(IdPath), responses((status = 200, description = "The pipeline and its jobs", body = PipelineView)))]
 async fn show_pipeline(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     reader(&state, &headers)?;
     json_ok(pipeline_json(&state, &pipeline_of(&state, id)?))
 }
 
+#[utoipa::path(post, path = "/api/v1/pipelines/{id}/cancel", tag = tags::CI, params(IdPath), responses((status = 200, description = "The pipeline, canceling", body = PipelineRecord)))]
 async fn cancel_pipeline(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     writer(&state, &headers)?;
     pipeline_of(&state, id)?;
     match act(&state, CiAction::CancelPipeline { pipeline: id }).await? {
-        NodeReply::Pipeline(pipeline) => json_ok(json!(pipeline)),
+        NodeReply::Pipeline(pipeline) => json_ok(pipeline),
         other => Err(unexpected(other).into()),
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = tags::CI, params(IdPath), responses((status = 200, description = "The job", body = JobView)))]
 async fn show_job(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     reader(&state, &headers)?;
     json_ok(job_json(&job_of(&state, id)?))
 }
 
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = tags::CI, params(IdPath), responses((status = 200, description = "The job's pipeline", body = PipelineRecord)))]
 async fn retry_job(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     writer(&state, &headers)?;
     job_of(&state, id)?;
     match act(&state, CiAction::RetryJob { job: id }).await? {
-        NodeReply::Pipeline(pipeline) => json_ok(json!(pipeline)),
+        NodeReply::Pipeline(pipeline) => json_ok(pipeline),
         other => Err(unexpected(other).into()),
     }
 }
 
 // ---- logs ----
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct LogQuery {
     /// Where to start, in bytes.
@@ -167,6 +246,7 @@ struct LogQuery {
 /// A job's log: as text (from `?offset=`, with the next offset and whether the log is
 /// complete in headers), or, when the client accepts `text/event-stream`, live as Server-Sent
 /// Events until the job ends.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/log", tag = tags::CI, description = "As text from `offset` (headers `x-wharf-log-offset` and `x-wharf-log-complete` tell where the next read starts and whether the log is complete); or, with `Accept: text/event-stream`, live as Server-Sent Events (`log` with `{offset, text}`, `restart`, and a final `end`), resumable with `Last-Event-ID`.", params(IdPath, LogQuery), responses((status = 200, description = "The log", content_type = "text/plain", body = String)))]
 async fn job_log(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -302,16 +382,28 @@ impl LiveLog {
 
 // ---- artifacts ----
 
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/artifacts", tag = tags::CI, params(IdPath), responses((status = 200, description = "The job's artifacts", body = ArtifactList)))]
 async fn list_artifacts(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     reader(&state, &headers)?;
     let job = job_of(&state, id)?;
-    json_ok(json!({
-        "job": id,
-        "expire_ms": job.artifacts_expire_ms,
-        "artifacts": job.artifacts,
-    }))
+    json_ok(ArtifactList {
+        job: id,
+        expire_ms: job.artifacts_expire_ms,
+        artifacts: job.artifacts,
+    })
 }
 
+/// A job's artifacts.
+#[derive(Serialize, ToSchema)]
+struct ArtifactList {
+    /// The job.
+    job: u64,
+    /// When they are deleted (ms since the epoch).
+    expire_ms: Option<u64>,
+    artifacts: Vec<ArtifactFile>,
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/artifacts/{*path}", tag = tags::CI, params(IdPath, ("path" = String, Path, description = "The artifact's path in the job's workspace; it may hold slashes")), responses((status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>)))]
 async fn download_artifact(State(state): State<Shared>, headers: HeaderMap, JsonPath((id, path)): JsonPath<(u64, String)>) -> ApiResult {
     reader(&state, &headers)?;
     let job = job_of(&state, id)?;
@@ -381,11 +473,14 @@ fn now_ms() -> u64 {
 
 // ---- variables ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct VariableBody {
+    /// Letters, digits and underscores; not `CI`, `PATH`, `HOME` or `WHARF_*`.
     name: String,
+    /// At most 64 KiB, without NUL.
     value: String,
+    /// Masked in logs and hidden from the API (at least 4 bytes).
     #[serde(default)]
     secret: bool,
 }
@@ -419,25 +514,41 @@ fn check_variable(body: &VariableBody) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn variable_json(variable: &Variable) -> Value {
-    json!({
-        "name": variable.name,
-        "secret": variable.secret,
-        "value": if variable.secret { Value::Null } else { json!(variable.value) },
-    })
+/// A CI variable as the API shows it: a secret's value is `null`.
+#[derive(Serialize, ToSchema)]
+struct VariableView {
+    name: String,
+    secret: bool,
+    value: Option<String>,
 }
 
-async fn list_variables(State(state): State<Shared>, headers: HeaderMap, JsonPath((owner, name)): JsonPath<(String, String)>) -> ApiResult {
+/// A repository's CI variables.
+#[derive(Serialize, ToSchema)]
+struct VariableList {
+    variables: Vec<VariableView>,
+}
+
+fn variable_json(variable: &Variable) -> VariableView {
+    VariableView {
+        name: variable.name.clone(),
+        secret: variable.secret,
+        value: (!variable.secret).then(|| variable.value.clone()),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/repos/{owner}/{name}/variables", tag = tags::CI, params(RepoPath), responses((status = 200, description = "The CI variables (a token is needed)", body = VariableList)))]
+async fn list_variables(State(state): State<Shared>, headers: HeaderMap, JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>) -> ApiResult {
     writer(&state, &headers)?;
     let record = record_of(&state, &repo_name(&owner, &name)?)?;
-    let variables: Vec<Value> = state.directory.variables(record.id).iter().map(variable_json).collect();
-    json_ok(json!({ "variables": variables }))
+    let variables = state.directory.variables(record.id).iter().map(variable_json).collect();
+    json_ok(VariableList { variables })
 }
 
+#[utoipa::path(post, path = "/api/v1/repos/{owner}/{name}/variables", tag = tags::CI, params(RepoPath), request_body = VariableBody, responses((status = 201, description = "Set", body = VariableView)))]
 async fn set_variable(
     State(state): State<Shared>,
     headers: HeaderMap,
-    JsonPath((owner, name)): JsonPath<(String, String)>,
+    JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>,
     JsonBody(body): JsonBody<VariableBody>,
 ) -> ApiResult {
     writer(&state, &headers)?;
@@ -452,6 +563,7 @@ async fn set_variable(
     created(variable_json(&variable))
 }
 
+#[utoipa::path(delete, path = "/api/v1/repos/{owner}/{name}/variables/{variable}", tag = tags::CI, params(RepoPath, ("variable" = String, Path, description = "The variable's name")), responses((status = 204, description = "Deleted")))]
 async fn delete_variable(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -465,14 +577,17 @@ async fn delete_variable(
 
 // ---- the seed's test API ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct SeedTrigger {
+    /// The repository: `owner/name` or its clone URL.
     repo_url: String,
+    /// The branch whose tip is tested.
     branch_name: String,
     /// A stage or job name (unit, integration, e2e); all jobs when absent.
     test_type: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/tests/trigger", tag = tags::SEED, request_body = SeedTrigger, responses((status = 201, description = "The run started", body = TestsTriggered)))]
 async fn seed_trigger(State(state): State<Shared>, headers: HeaderMap, JsonBody(body): JsonBody<SeedTrigger>) -> ApiResult {
     writer(&state, &headers)?;
     let name = wharf_proto::RepoName::parse(&body.repo_url)?;
@@ -481,19 +596,72 @@ async fn seed_trigger(State(state): State<Shared>, headers: HeaderMap, JsonBody(
         only: body.test_type.filter(|t| !t.is_empty()),
     };
     match repo_call(&state, &name, request).await? {
-        NodeReply::PipelineStarted(id) => created(json!({
-            "message": "Tests triggered successfully",
-            "test_id": id,
-        })),
+        NodeReply::PipelineStarted(id) => created(TestsTriggered {
+            message: "Tests triggered successfully".into(),
+            test_id: id,
+        }),
         other => Err(unexpected(other).into()),
     }
 }
 
-#[derive(Deserialize)]
-struct SeedResults {
+/// A test run started, in the seed API's words.
+#[derive(Serialize, ToSchema)]
+struct TestsTriggered {
+    message: String,
+    /// The pipeline's id.
     test_id: u64,
 }
 
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct SeedResults {
+    /// The `test_id` the trigger returned.
+    test_id: u64,
+}
+
+/// A test run's results, in the seed API's words.
+#[derive(Serialize, ToSchema)]
+struct TestResults {
+    test_id: u64,
+    status: PipelineStatus,
+    coverage: Option<f64>,
+    details: TestDetails,
+}
+
+/// The details of a test run.
+#[derive(Serialize, ToSchema)]
+struct TestDetails {
+    /// The full ref tested.
+    #[serde(rename = "ref")]
+    ref_: String,
+    sha: String,
+    error: Option<String>,
+    tests: TestCounts,
+    failures: Vec<FailureView>,
+    /// The jobs that failed or timed out.
+    failed_jobs: Vec<String>,
+    jobs: Vec<JobView>,
+}
+
+/// Test cases counted over every job's JUnit report.
+#[derive(Serialize, ToSchema)]
+struct TestCounts {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+}
+
+/// A failed test case and its job.
+#[derive(Serialize, ToSchema)]
+struct FailureView {
+    job: String,
+    suite: String,
+    class: String,
+    name: String,
+    message: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/tests/results", tag = tags::SEED, description = "The arguments come as query parameters, or as the same fields in a JSON body.", params(SeedResults), responses((status = 200, description = "The run's results", body = TestResults)))]
 async fn seed_results(State(state): State<Shared>, headers: HeaderMap, BodyOrQuery(body): BodyOrQuery<SeedResults>) -> ApiResult {
     reader(&state, &headers)?;
     let pipeline = state.directory.pipeline(body.test_id).ok_or_else(|| ApiError::NotFound {
@@ -501,28 +669,40 @@ async fn seed_results(State(state): State<Shared>, headers: HeaderMap, BodyOrQue
     })?;
     let jobs: Vec<JobRecord> = pipeline.jobs.iter().filter_map(|job| state.directory.job(*job)).collect();
     let count = |pick: fn(&wharf_proto::TestReport) -> u64| jobs.iter().filter_map(|j| j.tests.as_ref()).map(pick).sum::<u64>();
-    let failures: Vec<Value> = jobs
+    let failures = jobs
         .iter()
         .filter_map(|j| j.tests.as_ref().map(|t| (j, t)))
-        .flat_map(|(job, tests)| tests.failures.iter().map(move |f| json!({"job": job.name, "suite": f.suite, "class": f.class, "name": f.name, "message": f.message})))
+        .flat_map(|(job, tests)| {
+            tests.failures.iter().map(move |f| FailureView {
+                job: job.name.clone(),
+                suite: f.suite.clone(),
+                class: f.class.clone(),
+                name: f.name.clone(),
+                message: f.message.clone(),
+            })
+        })
         .collect();
-    let failed_jobs: Vec<&str> = jobs
+    let failed_jobs = jobs
         .iter()
         .filter(|j| matches!(j.status, JobStatus::Failed | JobStatus::TimedOut))
-        .map(|j| j.name.as_str())
+        .map(|j| j.name.clone())
         .collect();
-    json_ok(json!({
-        "test_id": pipeline.id,
-        "status": pipeline.status,
-        "coverage": mean_coverage(&jobs),
-        "details": {
-            "ref": pipeline.ref_name,
-            "sha": pipeline.sha,
-            "error": pipeline.error,
-            "tests": {"passed": count(|t| t.passed), "failed": count(|t| t.failed), "skipped": count(|t| t.skipped)},
-            "failures": failures,
-            "failed_jobs": failed_jobs,
-            "jobs": jobs.iter().map(job_json).collect::<Vec<_>>(),
+    json_ok(TestResults {
+        test_id: pipeline.id,
+        status: pipeline.status,
+        coverage: mean_coverage(&jobs),
+        details: TestDetails {
+            ref_: pipeline.ref_name.clone(),
+            sha: pipeline.sha.clone(),
+            error: pipeline.error.clone(),
+            tests: TestCounts {
+                passed: count(|t| t.passed),
+                failed: count(|t| t.failed),
+                skipped: count(|t| t.skipped),
+            },
+            failures,
+            failed_jobs,
+            jobs: jobs.iter().map(job_json).collect(),
         },
-    }))
+    })
 }

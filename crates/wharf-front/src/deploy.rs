@@ -11,18 +11,22 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
-use axum::Router;
-use serde::Deserialize;
+use axum::routing::any;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use wharf_proto::deploy::{
-    DeploymentKind, DeploymentRecord, EnvConfig, EnvironmentRecord, InstanceHealth, InstanceRecord, InstanceTraffic,
+    DeploymentKind, DeploymentRecord, DeploymentStatus, EnvConfig, EnvironmentRecord, InstanceHealth, InstanceRecord,
+    InstanceTraffic,
 };
 use wharf_proto::{ApiError, DeployAction, NodeReply, NodeRequest, RepoName, RepoRecord, RepoRequest};
 
 use crate::api::{created, json_ok, reader, repo_call, unexpected, writer};
 use crate::error::HttpError;
 use crate::extract::{BodyOrQuery, JsonBody, JsonPath};
+use crate::openapi::{tags, IdPath};
 use crate::FrontState;
 
 type Shared = Arc<FrontState>;
@@ -31,19 +35,20 @@ type ApiResult = Result<Response, HttpError>;
 /// The most bytes of a request body the application router passes on.
 const MAX_APP_BODY: usize = 32 << 20;
 
-/// The routes of this module.
-pub(crate) fn routes() -> Router<Shared> {
-    Router::new()
-        .route("/api/v1/environments", get(list_environments).post(create_environment).delete(delete_environment))
-        .route("/api/v1/environments/{id}", get(show_environment).patch(update_environment))
-        .route("/api/v1/environments/{id}/deployments", get(history))
-        .route("/api/v1/environments/{id}/rollback", post(rollback))
-        .route("/api/v1/deployments", post(create_deployment))
-        .route("/api/v1/deployments/status", get(deployment_status))
-        .route("/api/v1/deployments/{id}", get(show_deployment))
-        .route("/api/v1/deployments/{id}/promote", post(promote))
-        .route("/api/v1/deployments/{id}/events", get(deployment_events))
-        .route("/api/v1/environments/{id}/instances/{instance}/log", get(instance_log))
+/// The routes of this module. The application router (`/apps`, `/preview`) is not part of the
+/// REST API: it passes requests on to deployed applications, so it has no OpenAPI entry.
+pub(crate) fn routes() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new()
+        .routes(routes!(list_environments, create_environment, delete_environment))
+        .routes(routes!(show_environment, update_environment))
+        .routes(routes!(history))
+        .routes(routes!(rollback))
+        .routes(routes!(create_deployment))
+        .routes(routes!(deployment_status))
+        .routes(routes!(show_deployment))
+        .routes(routes!(promote))
+        .routes(routes!(deployment_events))
+        .routes(routes!(instance_log))
         .route("/apps/{owner}/{name}/{env}", any(app))
         .route("/apps/{owner}/{name}/{env}/", any(app))
         .route("/apps/{owner}/{name}/{env}/{*rest}", any(app))
@@ -130,26 +135,57 @@ fn project(state: &FrontState, project_id: &Value) -> Result<RepoRecord, ApiErro
     })
 }
 
-fn environment_json(state: &FrontState, env: &EnvironmentRecord) -> Value {
-    let instances: Vec<InstanceRecord> = state.directory.instances(Some(env.id));
-    let repo = state.directory.repo_by_id(env.repo).map(|r| r.name.to_string());
-    let mut body = json!(env);
-    body["env_id"] = json!(env.id);
-    body["project"] = json!(repo);
-    body["instances"] = json!(instances);
-    body
+/// An environment as the API shows it: its record, its repository and its instances.
+#[derive(Serialize, ToSchema)]
+struct EnvironmentView {
+    #[serde(flatten)]
+    env: EnvironmentRecord,
+    /// The same as `id`, in the seed API's words.
+    env_id: u64,
+    /// The repository's `owner/name`.
+    project: Option<String>,
+    instances: Vec<InstanceRecord>,
 }
 
-fn deployment_json(state: &FrontState, deployment: &DeploymentRecord) -> Value {
-    let mut body = json!(deployment);
-    body["deployment_id"] = json!(deployment.id);
-    body["progress"] = progress(state, deployment);
-    body
+/// A deployment as the API shows it: its record and how far it is.
+#[derive(Serialize, ToSchema)]
+struct DeploymentView {
+    #[serde(flatten)]
+    deployment: DeploymentRecord,
+    /// The same as `id`, in the seed API's words.
+    deployment_id: u64,
+    progress: Progress,
+}
+
+/// How far a deployment is.
+#[derive(Serialize, ToSchema, PartialEq)]
+struct Progress {
+    /// `waiting`, `planning`, `rolling out`, `rolling back`, `waiting for promotion` or `finished`.
+    phase: String,
+    /// The share of the instances it wants that run its target revision healthy and in traffic.
+    percent: usize,
+}
+
+fn environment_json(state: &FrontState, env: &EnvironmentRecord) -> EnvironmentView {
+    EnvironmentView {
+        env: env.clone(),
+        env_id: env.id,
+        project: state.directory.repo_by_id(env.repo).map(|r| r.name.to_string()),
+        instances: state.directory.instances(Some(env.id)),
+    }
+}
+
+fn deployment_json(state: &FrontState, deployment: &DeploymentRecord) -> DeploymentView {
+    DeploymentView {
+        deployment: deployment.clone(),
+        deployment_id: deployment.id,
+        progress: progress(state, deployment),
+    }
 }
 
 /// How far a deployment is: its phase, and the percentage of the instances it wants that run
 /// its target revision healthy and in traffic.
-fn progress(state: &FrontState, deployment: &DeploymentRecord) -> Value {
+fn progress(state: &FrontState, deployment: &DeploymentRecord) -> Progress {
     use wharf_proto::deploy::DeploymentStatus::*;
     let target = deployment.reverting_to.unwrap_or(deployment.revision);
     let desired = deployment.release.as_ref().map_or(0, |r| r.settings.instances) as usize;
@@ -167,7 +203,10 @@ fn progress(state: &FrontState, deployment: &DeploymentRecord) -> Value {
         Paused => ("waiting for promotion", 0),
         Completed | RolledBack | Failed => ("finished", 100),
     };
-    json!({"phase": phase, "percent": percent.min(100)})
+    Progress {
+        phase: phase.to_owned(),
+        percent: percent.min(100),
+    }
 }
 
 /// Checks an environment's name: it is part of a URL and of a host name.
@@ -198,10 +237,13 @@ fn check_config(config: &EnvConfig) -> Result<(), ApiError> {
 
 // ---- environments ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateEnvironment {
+    /// The repository: its id (a number or a string of digits) or `owner/name`.
+    #[schema(value_type = String)]
     project_id: Value,
+    /// 1 to 63 lowercase letters, digits and `-`, not first.
     env_name: String,
     #[serde(default)]
     config: EnvConfig,
@@ -209,6 +251,7 @@ struct CreateEnvironment {
     protected: bool,
 }
 
+#[utoipa::path(post, path = "/api/v1/environments", tag = tags::DEPLOY, request_body = CreateEnvironment, responses((status = 201, description = "Created", body = EnvironmentMessage)))]
 async fn create_environment(State(state): State<Shared>, headers: HeaderMap, JsonBody(body): JsonBody<CreateEnvironment>) -> ApiResult {
     writer(&state, &headers)?;
     let repo = project(&state, &body.project_id)?;
@@ -222,26 +265,75 @@ async fn create_environment(State(state): State<Shared>, headers: HeaderMap, Jso
     };
     let id = act_for_id(&state, action).await?;
     crate::api::visible("the environment", || state.directory.environment(id)).await?;
-    created(json!({"message": "Environment created successfully", "env_id": id}))
+    created(EnvironmentMessage {
+        message: "Environment created successfully".into(),
+        env_id: id,
+    })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EnvId {
+    /// The environment.
     env_id: u64,
 }
 
+/// What happened to an environment, in the seed API's words.
+#[derive(Serialize, ToSchema)]
+struct EnvironmentMessage {
+    message: String,
+    env_id: u64,
+}
+
+/// What happened to a deployment, in the seed API's words.
+#[derive(Serialize, ToSchema)]
+struct DeploymentMessage {
+    message: String,
+    deployment_id: u64,
+}
+
+/// Environments.
+#[derive(Serialize, ToSchema)]
+struct EnvironmentList {
+    environments: Vec<EnvironmentView>,
+}
+
+/// An environment's deployments, newest first.
+#[derive(Serialize, ToSchema)]
+struct DeploymentList {
+    deployments: Vec<DeploymentView>,
+}
+
+/// A deployment's status, in the seed API's words.
+#[derive(Serialize, ToSchema)]
+struct DeploymentStatusView {
+    deployment_id: u64,
+    status: DeploymentStatus,
+    /// How far it is, in words.
+    details: String,
+    /// Its revision number within the environment.
+    revision: u64,
+}
+
+#[utoipa::path(delete, path = "/api/v1/environments", tag = tags::DEPLOY, description = "The arguments come as query parameters, or as the same fields in a JSON body.", params(EnvId), responses((status = 200, description = "Deleted", body = EnvironmentMessage)))]
 async fn delete_environment(State(state): State<Shared>, headers: HeaderMap, BodyOrQuery(body): BodyOrQuery<EnvId>) -> ApiResult {
     writer(&state, &headers)?;
     environment_of(&state, body.env_id)?;
     act(&state, DeployAction::DeleteEnvironment { env: body.env_id }).await?;
-    json_ok(json!({"message": "Environment deleted successfully", "env_id": body.env_id}))
+    json_ok(EnvironmentMessage {
+        message: "Environment deleted successfully".into(),
+        env_id: body.env_id,
+    })
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this repository's: its id or `owner/name`.
     project_id: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/environments", tag = tags::DEPLOY, params(ListQuery), responses((status = 200, description = "Environments", body = EnvironmentList)))]
 async fn list_environments(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -250,27 +342,29 @@ async fn list_environments(
     reader(&state, &headers)?;
     let Query(query) = query.map_err(crate::api::bad_query)?;
     let repo = query.project_id.map(|p| project(&state, &Value::String(p))).transpose()?;
-    let environments: Vec<Value> = state
+    let environments = state
         .directory
         .environments(repo.map(|r| r.id))
         .iter()
         .map(|e| environment_json(&state, e))
         .collect();
-    json_ok(json!({ "environments": environments }))
+    json_ok(EnvironmentList { environments })
 }
 
+#[utoipa::path(get, path = "/api/v1/environments/{id}", tag = tags::DEPLOY, params(IdPath), responses((status = 200, description = "The environment and its instances", body = EnvironmentView)))]
 async fn show_environment(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     reader(&state, &headers)?;
     json_ok(environment_json(&state, &environment_of(&state, id)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateEnvironment {
     config: Option<EnvConfig>,
     protected: Option<bool>,
 }
 
+#[utoipa::path(patch, path = "/api/v1/environments/{id}", tag = tags::DEPLOY, params(IdPath), request_body = UpdateEnvironment, responses((status = 200, description = "The environment as changed", body = EnvironmentView)))]
 async fn update_environment(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -286,19 +380,22 @@ async fn update_environment(
     json_ok(environment_json(&state, &environment_of(&state, id)?))
 }
 
+#[utoipa::path(get, path = "/api/v1/environments/{id}/deployments", tag = tags::DEPLOY, params(IdPath), responses((status = 200, description = "Its deployments, newest first", body = DeploymentList)))]
 async fn history(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     reader(&state, &headers)?;
     environment_of(&state, id)?;
-    let deployments: Vec<Value> = state.directory.deployments(Some(id)).iter().rev().map(|d| deployment_json(&state, d)).collect();
-    json_ok(json!({ "deployments": deployments }))
+    let deployments = state.directory.deployments(Some(id)).iter().rev().map(|d| deployment_json(&state, d)).collect();
+    json_ok(DeploymentList { deployments })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RollbackBody {
+    /// The revision to return to.
     revision: u64,
 }
 
+#[utoipa::path(post, path = "/api/v1/environments/{id}/rollback", tag = tags::DEPLOY, params(IdPath), request_body = RollbackBody, responses((status = 201, description = "A rollback deployment started", body = DeploymentMessage)))]
 async fn rollback(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -314,19 +411,26 @@ async fn rollback(
         sha: String::new(),
     };
     let deployment = act_for_id(&state, action).await?;
-    created(json!({"message": format!("Rolling back to revision {}", body.revision), "deployment_id": deployment}))
+    created(DeploymentMessage {
+        message: format!("Rolling back to revision {}", body.revision),
+        deployment_id: deployment,
+    })
 }
 
 // ---- deployments ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct CreateDeployment {
+    /// The repository: `owner/name` or its clone URL.
     repo_url: String,
+    /// The branch whose tip is deployed.
     branch_name: String,
+    /// The environment, of that repository.
     env_id: u64,
 }
 
 /// Deploys a branch's tip to an environment: an explicit call, so protected environments too.
+#[utoipa::path(post, path = "/api/v1/deployments", tag = tags::DEPLOY, request_body = CreateDeployment, responses((status = 201, description = "Started", body = DeploymentMessage)))]
 async fn create_deployment(State(state): State<Shared>, headers: HeaderMap, JsonBody(body): JsonBody<CreateDeployment>) -> ApiResult {
     writer(&state, &headers)?;
     let name = RepoName::parse(&body.repo_url)?;
@@ -353,14 +457,20 @@ async fn create_deployment(State(state): State<Shared>, headers: HeaderMap, Json
         sha,
     };
     let id = act_for_id(&state, action).await?;
-    created(json!({"message": "Deployment started", "deployment_id": id}))
+    created(DeploymentMessage {
+        message: "Deployment started".into(),
+        deployment_id: id,
+    })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DeploymentId {
+    /// The deployment.
     deployment_id: u64,
 }
 
+#[utoipa::path(get, path = "/api/v1/deployments/status", tag = tags::DEPLOY, description = "The arguments come as query parameters, or as the same fields in a JSON body.", params(DeploymentId), responses((status = 200, description = "Its status", body = DeploymentStatusView)))]
 async fn deployment_status(State(state): State<Shared>, headers: HeaderMap, BodyOrQuery(body): BodyOrQuery<DeploymentId>) -> ApiResult {
     reader(&state, &headers)?;
     let deployment = crate::api::visible("the deployment", || state.directory.deployment(body.deployment_id))
@@ -368,14 +478,15 @@ async fn deployment_status(State(state): State<Shared>, headers: HeaderMap, Body
         .map_err(|_| ApiError::NotFound {
             what: format!("deployment {}", body.deployment_id),
         })?;
-    json_ok(json!({
-        "deployment_id": deployment.id,
-        "status": deployment.status,
-        "details": deployment.details,
-        "revision": deployment.revision,
-    }))
+    json_ok(DeploymentStatusView {
+        deployment_id: deployment.id,
+        status: deployment.status,
+        details: deployment.details,
+        revision: deployment.revision,
+    })
 }
 
+#[utoipa::path(get, path = "/api/v1/deployments/{id}", tag = tags::DEPLOY, params(IdPath), responses((status = 200, description = "The deployment", body = DeploymentView)))]
 async fn show_deployment(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     reader(&state, &headers)?;
     let deployment = state.directory.deployment(id).ok_or_else(|| ApiError::NotFound {
@@ -387,6 +498,7 @@ async fn show_deployment(State(state): State<Shared>, headers: HeaderMap, JsonPa
 /// A deployment's events live, as Server-Sent Events: `event` for each line of its history
 /// (the id is its index, so `Last-Event-ID` resumes), `status` when its status or details
 /// change, and a final `end`.
+#[utoipa::path(get, path = "/api/v1/deployments/{id}/events", tag = tags::DEPLOY, description = "Server-Sent Events: `event` for each line of its history (the id is its index, so `Last-Event-ID` resumes), `status` when its status or details change, and a final `end`.", params(IdPath), responses((status = 200, description = "The event stream", content_type = "text/event-stream", body = String)))]
 async fn deployment_events(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     use axum::response::sse::{Event, KeepAlive, Sse};
     reader(&state, &headers)?;
@@ -424,6 +536,7 @@ async fn deployment_events(State(state): State<Shared>, headers: HeaderMap, Json
 }
 
 /// The output of one instance, read from the node that runs it.
+#[utoipa::path(get, path = "/api/v1/environments/{id}/instances/{instance}/log", tag = tags::DEPLOY, params(IdPath, ("instance" = u64, Path, description = "The instance")), responses((status = 200, description = "The instance's output", content_type = "text/plain", body = String)))]
 async fn instance_log(State(state): State<Shared>, headers: HeaderMap, JsonPath((env, id)): JsonPath<(u64, u64)>) -> ApiResult {
     reader(&state, &headers)?;
     let instance = state
@@ -450,13 +563,17 @@ async fn instance_log(State(state): State<Shared>, headers: HeaderMap, JsonPath(
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], log).into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/deployments/{id}/promote", tag = tags::DEPLOY, params(IdPath), responses((status = 200, description = "Promotion requested", body = DeploymentMessage)))]
 async fn promote(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
     writer(&state, &headers)?;
     state.directory.deployment(id).ok_or_else(|| ApiError::NotFound {
         what: format!("deployment {id}"),
     })?;
     act(&state, DeployAction::PromoteDeployment { deployment: id }).await?;
-    json_ok(json!({"message": "Promotion requested", "deployment_id": id}))
+    json_ok(DeploymentMessage {
+        message: "Promotion requested".into(),
+        deployment_id: id,
+    })
 }
 
 // ---- the application router ----

@@ -40,16 +40,39 @@ pub fn status_of(error: &ApiError) -> StatusCode {
     }
 }
 
+/// The body of every error reply.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable code to match on and a message for people.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable code (`repo_not_found`, `invalid_request`, `unavailable`, ...).
+    pub code: String,
+    /// What happened, for people.
+    pub message: String,
+    /// For a merge conflict: the conflicting paths.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+}
+
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let error = self.0;
         let status = status_of(&error);
-        let mut body = serde_json::json!({
-            "error": { "code": error.code(), "message": error.to_string() }
-        });
-        if let ApiError::MergeConflict { paths, .. } = &error {
-            body["error"]["paths"] = serde_json::json!(paths);
-        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: error.code().to_owned(),
+                message: error.to_string(),
+                paths: match &error {
+                    ApiError::MergeConflict { paths, .. } => Some(paths.clone()),
+                    _ => None,
+                },
+            },
+        };
         let mut response = (status, axum::Json(body)).into_response();
         match &error {
             ApiError::Unavailable { retry_after_secs, .. } => {

@@ -4,7 +4,8 @@
 //! the repository's owner through a [`wharf_proto::Directory`] (a local copy of the applied
 //! metadata, so routing never waits on Raft), then sends a [`wharf_proto::NodeRequest`] to that
 //! node with its [`NodeClient`] and turns the reply into JSON, or a stream of pack data. Errors
-//! become HTTP responses in one place, [`error::status_of`].
+//! become HTTP responses in one place, [`error::status_of`]. Every REST route is registered
+//! with its OpenAPI description, served at `/api/v1/openapi.json` (see [`openapi_document`]).
 //!
 //! It also serves deployed applications: `/apps/...` (and `Host: env.name.owner.localhost`)
 //! goes to a healthy instance by the weights in the records, and a small actor tells
@@ -22,6 +23,7 @@ mod deploy;
 pub mod error;
 mod extract;
 mod metrics;
+mod openapi;
 mod smart_http;
 
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use std::time::Duration;
 use axum::Router;
 use wharf_proto::Directory;
 
+pub use openapi::document as openapi_document;
 pub use wharf_proto::NodeClient;
 
 /// Settings of a front.
@@ -90,7 +93,11 @@ pub fn app(config: FrontConfig, directory: Arc<dyn Directory>) -> Router {
         apps: deploy::Apps::default(),
     });
     deploy::spawn_router_stats(state.clone());
-    api::routes(state.clone())
+    // The OpenAPI half is dropped here: the document is built from the same routes when it is
+    // first asked for.
+    let (routes, _) = api::routes().split_for_parts();
+    routes
+        .layer(axum::extract::DefaultBodyLimit::max(state.config.max_api_body_bytes))
         .fallback(smart_http::handle)
         .layer(axum::middleware::from_fn_with_state(state.clone(), deploy::route_by_host))
         .layer(axum::middleware::from_fn_with_state(

@@ -56,14 +56,9 @@ pub fn spawn_service(
 /// Kills the process group of a service started by [`spawn_service`]: git and the helpers it
 /// started. Falls back to killing git alone if the group cannot be signalled.
 pub fn kill_service(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let group = format!("-{pid}");
-        let killed = std::process::Command::new("kill")
-            .args(["-KILL", "--", &group])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if killed {
+    let group = child.id().and_then(|pid| i32::try_from(pid).ok()).and_then(rustix::process::Pid::from_raw);
+    if let Some(group) = group {
+        if rustix::process::kill_process_group(group, rustix::process::Signal::KILL).is_ok() {
             return;
         }
     }

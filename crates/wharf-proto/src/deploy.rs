@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{NodeId, RepoId};
 
 /// The checked `deploy:` section.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeploySpec {
     /// The job whose artifacts are deployed.
     pub from: String,
@@ -29,7 +29,7 @@ impl DeploySpec {
 }
 
 /// An HTTP health check, as load balancers define one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HealthCheck {
     /// The path asked with GET; any 2xx or 3xx answer is healthy.
     pub path: String,
@@ -56,7 +56,7 @@ impl Default for HealthCheck {
 }
 
 /// How one environment runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnvironmentSpec {
     /// The branch whose passing pipelines deploy here automatically.
     pub branch: Option<String>,
@@ -74,7 +74,7 @@ pub struct EnvironmentSpec {
 }
 
 /// What runs an environment's instances.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum DriverSpec {
     /// A process on the node, in its own process group (the default: works on any machine).
     #[default]
@@ -101,7 +101,7 @@ impl Default for EnvironmentSpec {
 }
 
 /// How a new release replaces the running one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Strategy {
     /// Replace instances a few at a time, as Kubernetes' rolling update.
     Rolling {
@@ -145,7 +145,7 @@ impl Default for Strategy {
 
 
 /// An environment's instance size, as the seed API gives it.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnvConfig {
     /// CPUs per instance.
     pub cpu: f64,
@@ -156,7 +156,7 @@ pub struct EnvConfig {
 }
 
 /// A place a repository deploys to: development, testing, staging, production.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnvironmentRecord {
     /// Its id, unique in the cluster.
     pub id: u64,
@@ -177,7 +177,7 @@ pub struct EnvironmentRecord {
 }
 
 /// What a deployment runs: a commit's artifacts and how to start and check them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Release {
     /// The commit.
     pub sha: String,
@@ -192,7 +192,7 @@ pub struct Release {
 }
 
 /// How far a deployment is, in the seed's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeploymentStatus {
     /// Waiting for its turn (deployments to one environment run one at a time, in order).
@@ -217,7 +217,7 @@ impl DeploymentStatus {
 }
 
 /// Why a deployment exists.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentKind {
     /// A branch's commit, asked for through the API or after its pipeline passed.
@@ -230,7 +230,7 @@ pub enum DeploymentKind {
 }
 
 /// One line of a deployment's history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeployEvent {
     /// When.
     pub time_ms: u64,
@@ -239,7 +239,7 @@ pub struct DeployEvent {
 }
 
 /// One numbered revision of an environment, and how its rollout went.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeploymentRecord {
     /// Its id, unique in the cluster.
     pub id: u64,
@@ -278,7 +278,7 @@ pub struct DeploymentRecord {
 }
 
 /// An instance's health, as its node's checks see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceHealth {
     /// Started, not yet healthy.
@@ -292,7 +292,7 @@ pub enum InstanceHealth {
 }
 
 /// One running copy of a release.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceRecord {
     /// Its id, unique in the cluster.
     pub id: u64,
@@ -323,7 +323,7 @@ pub struct InstanceRecord {
 }
 
 /// What an application router has counted for one instance since it started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceTraffic {
     /// The instance.
     pub instance: u64,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::ApiError;
 
 /// A storage node, as numbered in its config. It doubles as the node's openraft id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeId(pub u64);
 
 impl fmt::Display for NodeId {
@@ -19,7 +19,7 @@ impl fmt::Display for NodeId {
 
 /// A repository, numbered by the metadata store when it is created and never reused. The
 /// repository's directory on disk is derived from this id, never from a user's string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RepoId(pub u64);
 
 impl RepoId {
@@ -36,7 +36,7 @@ impl fmt::Display for RepoId {
 }
 
 /// A git protocol session (one `git upload-pack` or `git receive-pack` process) on a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SessionId(pub u64);
 
 impl fmt::Display for SessionId {
@@ -49,7 +49,7 @@ impl fmt::Display for SessionId {
 ///
 /// Each part is 1 to 100 bytes of ASCII letters, digits, `.`, `_` and `-`, does not start with
 /// `.` or `-`, holds no `..`, and does not end in `.git` (that suffix belongs to clone URLs).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RepoName {
     owner: String,
     name: String,

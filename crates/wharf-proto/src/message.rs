@@ -380,7 +380,7 @@ pub struct SessionChunk {
 }
 
 /// What to do to one file in a [`CommitFilesRequest`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FileActionKind {
     /// Add a file that must not exist.
@@ -425,7 +425,7 @@ pub struct CommitFilesRequest {
 }
 
 /// How to merge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum MergeStrategy {
     /// Move base to head; refused unless base is an ancestor of head.

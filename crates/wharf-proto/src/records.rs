@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::{NodeId, RepoId, RepoName};
 
 /// Where a node is in its life in the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
     /// Known to Raft, not yet given repositories.
@@ -21,7 +21,7 @@ pub enum NodeState {
 }
 
 /// A member of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeRecord {
     /// Its id (also its Raft id).
     pub id: NodeId,
@@ -34,7 +34,7 @@ pub struct NodeRecord {
 }
 
 /// A repository and where it lives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RepoRecord {
     /// Its id; its directory on disk derives from it.
     pub id: RepoId,
@@ -47,7 +47,7 @@ pub struct RepoRecord {
 }
 
 /// One ref update of one push, as recorded in the metadata store. CI starts from these.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PushEvent {
     /// Position in the repository's event list, from 1.
     pub seq: u64,
@@ -66,7 +66,7 @@ pub struct PushEvent {
 }
 
 /// Who a token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Principal {
     /// The user name.
     pub user: String,
@@ -75,7 +75,7 @@ pub struct Principal {
 }
 
 /// A process's part in the Raft group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RaftRole {
     /// The voter that leads.
@@ -89,7 +89,7 @@ pub enum RaftRole {
 }
 
 /// Where a CI job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     /// Waiting for the jobs it depends on.
@@ -121,7 +121,7 @@ impl JobStatus {
 }
 
 /// A pipeline's status, from its jobs'.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PipelineStatus {
     /// No job has started yet.
@@ -137,7 +137,7 @@ pub enum PipelineStatus {
 }
 
 /// One run of a repository's pipeline file for one pushed commit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PipelineRecord {
     /// Its id, unique in the cluster.
     pub id: u64,
@@ -160,7 +160,7 @@ pub struct PipelineRecord {
 }
 
 /// One job of a pipeline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobRecord {
     /// Its id, unique in the cluster.
     pub id: u64,
@@ -210,7 +210,7 @@ pub struct JobRecord {
 }
 
 /// Test counts from a JUnit report.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TestReport {
     /// Cases that passed.
     pub passed: u64,
@@ -225,7 +225,7 @@ pub struct TestReport {
 }
 
 /// One failed test case.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TestFailure {
     /// Its test suite's name.
     pub suite: String,
@@ -238,7 +238,7 @@ pub struct TestFailure {
 }
 
 /// One file a job kept as an artifact.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ArtifactFile {
     /// Its path relative to the job's workspace, with `/` separators.
     pub path: String,
@@ -247,7 +247,7 @@ pub struct ArtifactFile {
 }
 
 /// A CI variable set on a repository through the API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Variable {
     /// Its name, as jobs see it in their environment.
     pub name: String,

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The summary of a repository that `GET /api/v1/repos/{owner}/{name}` shows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct RepoSummary {
     /// The branch HEAD points at, if it exists (`None` for an empty repository).
     pub default_branch: Option<String>,
@@ -18,7 +18,7 @@ pub struct RepoSummary {
 }
 
 /// A branch and the commit it points at.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BranchView {
     /// Short name (`main`, `release/1.0`).
     pub name: String,
@@ -29,7 +29,7 @@ pub struct BranchView {
 }
 
 /// A tag.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TagView {
     /// Short name (`v1.0`).
     pub name: String,
@@ -42,7 +42,7 @@ pub struct TagView {
 }
 
 /// What a tree entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TreeEntryKind {
     /// A file.
@@ -56,7 +56,7 @@ pub enum TreeEntryKind {
 }
 
 /// One entry of a directory listing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TreeEntryView {
     /// The entry's name within its directory.
     pub name: String,
@@ -74,7 +74,7 @@ pub struct TreeEntryView {
 }
 
 /// A page of a directory listing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TreePage {
     /// The commit the listing was read at.
     pub commit: String,
@@ -89,7 +89,7 @@ pub struct TreePage {
 }
 
 /// A file's content.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BlobView {
     /// The commit it was read at.
     pub commit: String,
@@ -106,7 +106,7 @@ pub struct BlobView {
 }
 
 /// An author or committer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PersonView {
     /// Name.
     pub name: String,
@@ -119,7 +119,7 @@ pub struct PersonView {
 }
 
 /// A commit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CommitView {
     /// The commit id.
     pub id: String,
@@ -138,7 +138,7 @@ pub struct CommitView {
 }
 
 /// A page of history, newest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogPage {
     /// The commits of this page.
     pub commits: Vec<CommitView>,
@@ -147,7 +147,7 @@ pub struct LogPage {
 }
 
 /// How a file changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeKind {
     /// New file.
@@ -159,7 +159,7 @@ pub enum ChangeKind {
 }
 
 /// The diff statistics of one file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileDiffStat {
     /// The path.
     pub path: String,
@@ -174,7 +174,7 @@ pub struct FileDiffStat {
 }
 
 /// One commit with the diff against its first parent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CommitDetail {
     /// The commit.
     pub commit: CommitView,
@@ -187,7 +187,7 @@ pub struct CommitDetail {
 }
 
 /// Two refs compared: commits on `head` not on `base`, and the diff between their trees.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CompareView {
     /// The resolved base commit.
     pub base: String,
@@ -206,7 +206,7 @@ pub struct CompareView {
 }
 
 /// What a merge did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MergeOutcome {
     /// The new tip of the base branch.
     pub commit: String,

@@ -163,6 +163,7 @@ struct Shown {
 /// the pipeline has finished and every log is complete; then a summary.
 async fn follow(server: &Server, id: u64) -> anyhow::Result<()> {
     let mut shown: BTreeMap<u64, Shown> = BTreeMap::new();
+    // A poll that prints new output until the pipeline ends, not a retry: kept as a loop.
     loop {
         let pipeline = server.send(Method::GET, &format!("/api/v1/pipelines/{id}"), None).await?;
         if let Some(error) = pipeline["error"].as_str() {

@@ -26,19 +26,20 @@ impl Server {
         })
     }
 
-    /// Sends a request; a 503 (a node or the metadata leader is briefly away) is retried
-    /// for up to a minute, as its `Retry-After` asks.
+    /// Sends a request; a 503 (a node or the metadata leader is briefly away) is retried with
+    /// backoff (0.5 s doubling to 5 s) for about a minute.
     pub(crate) async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            match self.send_once(method.clone(), path, body.clone()).await {
-                Err(error) if error.to_string().starts_with("503") && std::time::Instant::now() < deadline => {
-                    eprintln!("wharf: {error}; retrying");
-                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                }
-                result => return result,
-            }
-        }
+        use backon::Retryable;
+        let backoff = backon::ExponentialBuilder::new()
+            .with_min_delay(std::time::Duration::from_millis(500))
+            .with_max_delay(std::time::Duration::from_secs(5))
+            .with_total_delay(Some(std::time::Duration::from_secs(60)))
+            .without_max_times();
+        (|| self.send_once(method.clone(), path, body.clone()))
+            .retry(backoff)
+            .when(|error| error.to_string().starts_with("503"))
+            .notify(|error, _| eprintln!("wharf: {error}; retrying"))
+            .await
     }
 
     /// A job's log from `offset`: the text, the next offset, and whether the log is complete.
@@ -184,6 +185,8 @@ pub async fn cluster(server: Server, command: ClusterCommand) -> anyhow::Result<
         }
         ClusterCommand::Wait { timeout } => {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            // A poll that prints what it waits for at each step, not a retry of a failed call
+            // (those are `send`'s): kept as a loop.
             loop {
                 let status = server.send(Method::GET, "/api/v1/cluster", None).await?;
                 let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
@@ -211,6 +214,7 @@ pub async fn cluster(server: Server, command: ClusterCommand) -> anyhow::Result<
                 return Ok(());
             }
             let mut total = None;
+            // A poll that prints the drain's progress, not a retry: kept as a loop.
             loop {
                 let status = server.send(Method::GET, "/api/v1/cluster", None).await?;
                 let Some(entry) = status["nodes"].as_array().and_then(|n| n.iter().find(|e| e["id"] == node)).cloned() else {

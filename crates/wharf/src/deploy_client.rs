@@ -133,18 +133,19 @@ pub async fn deployment(server: Server, command: DeploymentCommand) -> anyhow::R
 
 /// Prints each new event and each change of status or progress until the deployment ends.
 async fn follow(server: &Server, id: u64) -> anyhow::Result<()> {
+    use backon::Retryable;
     let mut shown_events = 0;
     let mut last_line = String::new();
-    // A deployment a passed pipeline asks for appears a moment after the pipeline ends.
-    let appears_by = std::time::Instant::now() + Duration::from_secs(10);
+    let path = format!("/api/v1/deployments/{id}");
+    // A deployment a passed pipeline asks for appears a moment after the pipeline ends: a 404
+    // is asked again for up to 10 s.
+    let appears = backon::ConstantBuilder::new().with_delay(Duration::from_millis(250)).with_max_times(40);
+    let mut deployment: Value = (|| server.send(Method::GET, &path, None))
+        .retry(appears)
+        .when(|error| error.to_string().starts_with("404"))
+        .await?;
+    // A poll that prints each change until the deployment ends, not a retry: kept as a loop.
     loop {
-        let deployment: Value = match server.send(Method::GET, &format!("/api/v1/deployments/{id}"), None).await {
-            Err(error) if error.to_string().starts_with("404") && std::time::Instant::now() < appears_by => {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                continue;
-            }
-            answer => answer?,
-        };
         let events = deployment["events"].as_array().cloned().unwrap_or_default();
         for event in events.iter().skip(shown_events) {
             println!("  {}", event["message"].as_str().unwrap_or(""));
@@ -167,5 +168,6 @@ async fn follow(server: &Server, id: u64) -> anyhow::Result<()> {
             "failed" | "rolled-back" => bail!("deployment {id} {status}"),
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
+        deployment = server.send(Method::GET, &path, None).await?;
     }
 }

@@ -53,10 +53,12 @@ pub(super) async fn run(node: &Arc<NodeContext>, job: &JobRecord, mut stop: watc
     report(node, job, result).await;
 }
 
-/// Tells Raft how the attempt ended, trying again while there is no leader.
+/// Tells Raft how the attempt ended, trying again (ten attempts, a second apart) while there
+/// is no leader.
 async fn report(node: &NodeContext, job: &JobRecord, result: JobResult) {
+    use backon::Retryable;
     let status = result.status;
-    for _ in 0..10 {
+    let attempt = || async {
         let command = CiCommand::FinishJob {
             job: job.id,
             node: node.config.id,
@@ -64,24 +66,24 @@ async fn report(node: &NodeContext, job: &JobRecord, result: JobResult) {
             result: result.clone(),
             now_ms: crate::now_ms(),
         };
-        match super::write(node, command, "finish job").await {
-            Ok(outcome) => {
-                tracing::info!(job = job.id, attempt = job.attempt, ?status, "job finished");
-                if let wharf_meta::CommandOutcome::Pipeline(pipeline) = outcome {
-                    crate::deploy::on_pipeline_passed(node, &pipeline).await;
-                }
-                return;
-            }
-            // The lease was lost meanwhile: the job is someone else's now.
-            Err(ApiError::Conflict { message }) => {
-                tracing::warn!(job = job.id, %message, "job result refused");
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(job = job.id, %error, "job result not recorded yet");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+        super::write(node, command, "finish job").await
+    };
+    let outcome = attempt
+        .retry(backon::ConstantBuilder::new().with_delay(Duration::from_secs(1)).with_max_times(9))
+        // The lease was lost meanwhile: the job is someone else's now, and asking again
+        // cannot change that.
+        .when(|error| !matches!(error, ApiError::Conflict { .. }))
+        .notify(|error, _| tracing::warn!(job = job.id, %error, "job result not recorded yet"))
+        .await;
+    match outcome {
+        Ok(outcome) => {
+            tracing::info!(job = job.id, attempt = job.attempt, ?status, "job finished");
+            if let wharf_meta::CommandOutcome::Pipeline(pipeline) = outcome {
+                crate::deploy::on_pipeline_passed(node, &pipeline).await;
             }
         }
+        Err(ApiError::Conflict { message }) => tracing::warn!(job = job.id, %message, "job result refused"),
+        Err(error) => tracing::warn!(job = job.id, %error, "job result not recorded; the lease decides"),
     }
 }
 
@@ -422,12 +424,11 @@ async fn checkout(mirror: &Path, sha: &str, workspace: &Path) -> Result<(), Stri
     git(vec!["-C".into(), workspace, "checkout".into(), "--quiet".into(), "--detach".into(), sha.to_owned()]).await
 }
 
-/// Kills every process of a job's group.
+/// Kills every process of a job's group. A group already gone has nothing left to kill.
 fn kill_group(group: u32) {
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{group}")])
-        .stderr(Stdio::null())
-        .status();
+    if let Some(group) = i32::try_from(group).ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    }
 }
 
 /// Copies `source` (a file or a directory, not following links) to `target/relative`,

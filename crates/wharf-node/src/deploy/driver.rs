@@ -15,7 +15,6 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use wharf_meta::DeployCommand;
 use wharf_proto::deploy::{DriverSpec, HealthCheck, InstanceHealth, InstanceRecord, Release};
@@ -30,11 +29,34 @@ const RECONCILE: Duration = Duration::from_millis(250);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The instances this node runs: a stop signal for each.
-#[derive(Default)]
 pub(crate) struct Driver {
     running: Mutex<HashMap<u64, watch::Sender<bool>>>,
     /// Held while a release's artifacts are fetched, so two instances never fetch one twice.
     fetching: tokio::sync::Mutex<()>,
+    /// The HTTP client of the health checks.
+    checker: reqwest::Client,
+}
+
+impl Default for Driver {
+    fn default() -> Self {
+        Driver {
+            running: Mutex::default(),
+            fetching: tokio::sync::Mutex::default(),
+            checker: health_client(),
+        }
+    }
+}
+
+/// The client of the health checks. A 3xx answer passes, so redirects are not followed; and
+/// no connection is kept between checks: each check is a new connection, as a load balancer's
+/// is, so an instance that stopped answering new connections fails its next check, and a
+/// connection to a replaced instance on a reused port is never picked up again.
+fn health_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("an HTTP client without TLS always builds")
 }
 
 impl Driver {
@@ -312,7 +334,7 @@ async fn supervise(
             }
             () = stopped(stop) => return,
             _ = tokio::time::sleep(interval) => {
-                let answer = check(port, &health).await;
+                let answer = check(&node.driver.checker, port, &health).await;
                 if let Some(change) = checks.record(answer) {
                     let message = (change == InstanceHealth::Unhealthy).then(|| format!("{} failed {} times in a row", health.path, health.unhealthy_threshold));
                     let _ = write(node, health_change(record.id, change, message)).await;
@@ -392,36 +414,42 @@ impl Checks {
 
 /// One HTTP health check: GET the path; a 2xx or 3xx answer within the timeout passes.
 /// `None` when there is no answer in time.
-async fn check(port: u16, health: &HealthCheck) -> Option<bool> {
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        let request = format!("GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", health.path);
-        stream.write_all(request.as_bytes()).await.ok()?;
-        // Read the whole answer (the instance closes the connection after it), so that the
-        // instance never writes to a connection its checker has already dropped.
-        let mut answer = Vec::new();
-        (&mut stream).take(64 * 1024).read_to_end(&mut answer).await.ok()?;
-        let status: u16 = std::str::from_utf8(answer.get(9..12)?).ok()?.parse().ok()?;
-        Some((200..400).contains(&status))
+async fn check(client: &reqwest::Client, port: u16, health: &HealthCheck) -> Option<bool> {
+    let url = format!("http://127.0.0.1:{port}{}", health.path);
+    let request = client
+        .get(&url)
+        .header(reqwest::header::HOST, "localhost")
+        // The timeout covers the whole exchange, the body included.
+        .timeout(Duration::from_millis(health.timeout_ms.max(10)));
+    let answer = match request.send().await {
+        Ok(answer) => answer,
+        // A path that makes no URL is a wrong answer, not silence: it counts as a failure.
+        Err(error) if error.is_builder() => return Some(false),
+        Err(_) => return None,
     };
-    tokio::time::timeout(Duration::from_millis(health.timeout_ms.max(10)), attempt).await.ok().flatten()
+    let passed = answer.status().is_success() || answer.status().is_redirection();
+    // Read the whole answer, so that the instance never writes to a connection its checker
+    // has already dropped; an answer cut off or too slow counts as none.
+    answer.bytes().await.ok()?;
+    Some(passed)
 }
 
 /// Stops a process group: SIGTERM, then SIGKILL after the grace period.
 async fn terminate(child: &mut tokio::process::Child) {
     let Some(pid) = child.id() else { return };
-    signal_group(pid, "-TERM");
+    signal_group(pid, rustix::process::Signal::TERM);
     if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
-        signal_group(pid, "-KILL");
+        signal_group(pid, rustix::process::Signal::KILL);
         let _ = child.wait().await;
     }
 }
 
-fn signal_group(pid: u32, signal: &str) {
-    let _ = std::process::Command::new("kill")
-        .args([signal, "--", &format!("-{pid}")])
-        .stderr(Stdio::null())
-        .status();
+/// Signals the process group led by `pid` (the instance was started as its own group). A
+/// group already gone is not an error worth reporting: stopping it is what was wanted.
+fn signal_group(pid: u32, signal: rustix::process::Signal) {
+    if let Some(group) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process_group(group, signal);
+    }
 }
 
 fn free_port() -> std::io::Result<u16> {
