@@ -39,7 +39,7 @@ pub(crate) fn routes(state: Shared) -> Router<Shared> {
     let repo = "/api/v1/repos/{owner}/{name}";
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(crate::metrics::serve_metrics))
         .route("/api/v1/repos", get(list_repos).post(create_repo))
         .route(repo, get(show_repo).delete(delete_repo))
         .route(&format!("{repo}/branches"), get(list_branches).post(create_branch))
@@ -54,6 +54,7 @@ pub(crate) fn routes(state: Shared) -> Router<Shared> {
         .route(&format!("{repo}/merges"), post(merge))
         .route(&format!("{repo}/events"), get(events))
         .route("/api/v1/cluster", get(cluster_status))
+        .route("/api/v1/cluster/metrics-targets", get(crate::metrics::metrics_targets))
         .route("/api/v1/cluster/nodes/{id}/drain", post(drain_node))
         .route("/api/v1/cluster/nodes/{id}/undrain", post(undrain_node))
         .route("/api/v1/cluster/nodes/{id}", delete(remove_node))
@@ -66,14 +67,6 @@ pub(crate) fn routes(state: Shared) -> Router<Shared> {
 
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
-}
-
-async fn metrics(State(state): State<Shared>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
 }
 
 // ---- helpers ----

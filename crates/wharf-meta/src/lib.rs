@@ -7,6 +7,8 @@
 //! command is committed and applied. Reads go to [`Meta::directory`], an in-memory view of
 //! the applied state, so routing a request never waits on Raft.
 //!
+//! [`export_raft_metrics`] turns Raft's metrics watch into Prometheus gauges.
+//!
 //! This crate owns the sled database of a node (one per process: sled holds a file lock).
 //! It knows nothing of git, actors or HTTP.
 
@@ -16,6 +18,7 @@ mod deploy;
 mod log_store;
 mod network;
 mod state_machine;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -31,6 +34,7 @@ pub use ci::{CiCommand, JobResult, MAX_LOST_RUNNERS};
 pub use deploy::{DeployCommand, DeployOutcome};
 pub use command::{hash_token, Command, CommandOutcome, CommandResult, RefUpdate, State};
 pub use network::{RaftTransport, TransportError, TransportFuture};
+pub use telemetry::export_raft_metrics;
 
 openraft::declare_raft_types!(
     /// Wharf's Raft types: commands in, command results out, nodes known by address.

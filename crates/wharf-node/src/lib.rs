@@ -15,7 +15,9 @@
 //!
 //! Metadata (repository records, push events, pipelines, deployments) is written through
 //! [`wharf_meta::Meta`]; git work is done by [`wharf_git::GitRepo`]. The node never serves
-//! HTTP: that is the front's job.
+//! HTTP: that is the front's job. It records metrics through the `metrics` facade and hands the
+//! binary a collector for its state gauges ([`StorageNode::metrics_collector`]); the binary
+//! serves them.
 
 #![warn(missing_docs)]
 
@@ -26,6 +28,7 @@ mod mover;
 pub mod repo_actor;
 pub mod router;
 pub mod session;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -58,6 +61,10 @@ pub struct NodeConfig {
     /// node dies is queued again within about this long. Node clocks must agree to well
     /// within it, since the leader compares a lease with its own clock.
     pub job_lease: Duration,
+    /// Where this node serves `/metrics` (`host:port`), if it does; its answer to
+    /// [`wharf_proto::NodeRequest::MetricsAddress`]. Default `None`: the binary sets it when it
+    /// has started the listener.
+    pub metrics_addr: Option<String>,
 }
 
 impl NodeConfig {
@@ -70,6 +77,7 @@ impl NodeConfig {
             session_idle_timeout: Duration::from_secs(120),
             runner_slots: ci::DEFAULT_RUNNER_SLOTS,
             job_lease: Duration::from_secs(10),
+            metrics_addr: None,
         }
     }
 
@@ -179,6 +187,18 @@ impl StorageNode {
     /// Number of repository actors active now.
     pub async fn active_actors(&self) -> usize {
         self.context.registry.active().await
+    }
+
+    /// Sets the node's state gauges (repositories active and passivated, runner slots, jobs
+    /// and deployments by state) when called: for the binary to run before each scrape. It
+    /// holds the node weakly and does nothing once the node has stopped.
+    pub fn metrics_collector(&self) -> impl Fn() + Send + Sync + 'static {
+        let node = Arc::downgrade(&self.context);
+        move || {
+            if let Some(node) = node.upgrade() {
+                telemetry::collect(&node);
+            }
+        }
     }
 
     /// Stops the router and every repository actor. Sessions in flight are killed, so pushes

@@ -382,6 +382,8 @@ struct ActiveRepo {
 #[derive(Default)]
 pub(crate) struct RepoRegistry {
     active: Mutex<HashMap<RepoId, ActiveRepo>>,
+    /// `active.len()` as of the last change.
+    active_count: std::sync::atomic::AtomicUsize,
 }
 
 impl RepoRegistry {
@@ -406,18 +408,21 @@ impl RepoRegistry {
                         retry_after_secs: 5,
                     })?;
                 tracing::debug!(repo = %name, "repository actor activated");
+                metrics::counter!("wharf_repository_activations_total").increment(1);
                 let entry = ActiveRepo {
                     actor,
                     activity: Arc::new(Activity::default()),
                     moved_to,
                 };
                 active.insert(id, entry.clone());
+                self.count_active(&active);
                 entry
             }
         };
         let message = build(InflightGuard::new(entry.activity.clone()));
         if entry.actor.send_message(message).is_err() {
             active.remove(&id);
+            self.count_active(&active);
             return Err(ApiError::Unavailable {
                 what: format!("repository {name}"),
                 reason: "its actor stopped; retry".into(),
@@ -444,6 +449,8 @@ impl RepoRegistry {
                 entry.actor.stop(Some("idle".into()));
             }
         }
+        metrics::counter!("wharf_repository_passivations_total").increment(idle_ids.len() as u64);
+        self.count_active(&active);
         idle_ids.len()
     }
 
@@ -454,8 +461,21 @@ impl RepoRegistry {
 
     /// Stops every actor.
     pub async fn stop_all(&self) {
-        for (_, entry) in self.active.lock().await.drain() {
+        let mut active = self.active.lock().await;
+        for (_, entry) in active.drain() {
             entry.actor.stop(Some("node shutdown".into()));
         }
+        self.count_active(&active);
+    }
+
+    /// Repository actors active now, as last counted: readable without the registry's lock,
+    /// for a metrics scrape.
+    pub fn active_now(&self) -> usize {
+        self.active_count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Keeps [`RepoRegistry::active_now`] current; called with the lock held after a change.
+    fn count_active(&self, active: &HashMap<RepoId, ActiveRepo>) {
+        self.active_count.store(active.len(), std::sync::atomic::Ordering::Relaxed);
     }
 }

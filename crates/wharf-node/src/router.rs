@@ -5,14 +5,20 @@
 //! repository requests to the [`crate::repo_actor::RepoRegistry`], session steps to their
 //! [`crate::session`], and repository creation to a task. It also passivates idle repository
 //! actors on a timer.
+//!
+//! Each call runs inside a `call` span that carries the request id from its
+//! [`wharf_proto::CallEnvelope`], and inside that id's [`RequestId::scope`], so the node's log
+//! lines name the HTTP request that caused them and calls passed on to other nodes carry it.
+//! Work the router hands to a task keeps both ([`spawn_traced`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::Instrument;
 use wharf_git::GitRepo;
 use wharf_meta::{Command, CommandOutcome};
-use wharf_proto::{codec, ApiError, NodeId, NodeMessage, NodeReply, NodeRequest, NodeStats, RepoId, RepoName};
+use wharf_proto::{ApiError, CallEnvelope, NodeId, NodeMessage, NodeReply, NodeRequest, NodeStats, RepoId, RepoName, RequestId};
 
 use crate::activity::answer;
 use crate::repo_actor::RepoMessage;
@@ -55,12 +61,33 @@ impl Actor for NodeRouter {
         message: Self::Msg,
         node: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let NodeMessage::Call(bytes, reply) = message;
-        match codec::decode::<NodeRequest>(&bytes) {
-            Ok(request) => route(node, request, reply, false).await,
+        let (call, reply) = message.into_call();
+        match call {
+            Ok(CallEnvelope { request_id, request }) => {
+                let span = tracing::info_span!(
+                    "call",
+                    request_id = request_id.as_ref().map(RequestId::as_str).unwrap_or(""),
+                    kind = request.kind(),
+                );
+                let work = route(node, request, reply, false).instrument(span);
+                match request_id {
+                    Some(id) => id.scope(work).await,
+                    None => work.await,
+                }
+            }
             Err(error) => answer(reply, Err(ApiError::invalid(format!("undecodable request: {error}")))),
         }
         Ok(())
+    }
+}
+
+/// Spawns `work` inside the current call's span and request id, so that its log lines and
+/// the calls it makes name the request too.
+fn spawn_traced(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let span = tracing::Span::current();
+    match RequestId::current() {
+        Some(id) => drop(tokio::spawn(id.scope(work).instrument(span))),
+        None => drop(tokio::spawn(work.instrument(span))),
     }
 }
 
@@ -125,7 +152,7 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
     if let NodeRequest::Repo { id, name, .. } | NodeRequest::DeleteRepo { id, name } = &request {
         if let Some(target) = owner_elsewhere(node, *id, name).filter(|_| !forwarded) {
             let node = node.clone();
-            tokio::spawn(async move { answer(reply, forward(&node, target, request).await) });
+            spawn_traced(async move { answer(reply, forward(&node, target, request).await) });
             return;
         }
     }
@@ -133,7 +160,7 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
         NodeRequest::Forwarded(inner) => route(node, *inner, reply, true).await,
         NodeRequest::JobLog { job, offset } => {
             let node = node.clone();
-            tokio::spawn(async move {
+            spawn_traced(async move {
                 let read = tokio::task::spawn_blocking(move || crate::ci::read_log(&node, job, offset)).await;
                 let result = read
                     .map_err(|e| ApiError::internal("read log", e))
@@ -143,7 +170,7 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
         }
         NodeRequest::ReadArtifact { job, path, offset } => {
             let node = node.clone();
-            tokio::spawn(async move {
+            spawn_traced(async move {
                 let read = tokio::task::spawn_blocking(move || crate::ci::read_artifact(&node, job, &path, offset)).await;
                 let result = read
                     .map_err(|e| ApiError::internal("read artifact", e))
@@ -153,7 +180,7 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
         }
         NodeRequest::InstanceLog { instance, offset } => {
             let node = node.clone();
-            tokio::spawn(async move {
+            spawn_traced(async move {
                 let read = tokio::task::spawn_blocking(move || crate::deploy::read_instance_log(&node, instance, offset)).await;
                 let result = read
                     .map_err(|e| ApiError::internal("read instance log", e))
@@ -166,23 +193,23 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
         }
         NodeRequest::Deploy(action) => {
             let node = node.clone();
-            tokio::spawn(async move { answer(reply, crate::deploy::act(&node, action).await) });
+            spawn_traced(async move { answer(reply, crate::deploy::act(&node, action).await) });
         }
         NodeRequest::Ci(action) => {
             let node = node.clone();
-            tokio::spawn(async move { answer(reply, crate::ci::act(&node, action).await) });
+            spawn_traced(async move { answer(reply, crate::ci::act(&node, action).await) });
         }
         NodeRequest::RemoveMember { node: member } => {
             let node = node.clone();
-            tokio::spawn(async move { answer(reply, remove_member(&node, member).await) });
+            spawn_traced(async move { answer(reply, remove_member(&node, member).await) });
         }
         NodeRequest::ImportRepo(import) => {
             let node = node.clone();
-            tokio::spawn(async move { answer(reply, crate::mover::import(&node, import).await) });
+            spawn_traced(async move { answer(reply, crate::mover::import(&node, import).await) });
         }
         NodeRequest::ReadTransfer { transfer, offset } => {
             let node = node.clone();
-            tokio::spawn(async move {
+            spawn_traced(async move {
                 let read = tokio::task::spawn_blocking(move || node.transfers.read(transfer, offset)).await;
                 let result = read
                     .map_err(|e| ApiError::internal("read transfer", e))
@@ -222,7 +249,7 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
         }
         NodeRequest::CreateRepo { name } => {
             let node = node.clone();
-            tokio::spawn(async move { answer(reply, create(&node, name).await) });
+            spawn_traced(async move { answer(reply, create(&node, name).await) });
         }
         NodeRequest::SessionWrite { session, data } => {
             node.sessions.deliver(session, SessionOp::Write(data, reply))
@@ -236,9 +263,10 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
         NodeRequest::SessionAbort { session } => {
             node.sessions.deliver(session, SessionOp::Abort(reply))
         }
+        NodeRequest::MetricsAddress => answer(reply, Ok(NodeReply::MetricsAddress(node.config.metrics_addr.clone()))),
         NodeRequest::Stats => {
             let node = node.clone();
-            tokio::spawn(async move {
+            spawn_traced(async move {
                 let stats = NodeStats {
                     actors: node.registry.active().await as u64,
                     sessions: node.sessions.open_count() as u64,
@@ -249,7 +277,7 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
         }
         NodeRequest::SetNodeState { node: member, state } => {
             let node = node.clone();
-            tokio::spawn(async move {
+            spawn_traced(async move {
                 let result = match node.meta.write(Command::SetNodeState { node: member, state }).await {
                     Ok(Ok(_)) => Ok(NodeReply::Done),
                     Ok(Err(error)) => Err(error),
