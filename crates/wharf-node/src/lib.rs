@@ -29,6 +29,7 @@ pub mod repo_actor;
 pub mod router;
 pub mod session;
 mod telemetry;
+mod traced;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -9,7 +9,7 @@
 //! Each call runs inside a `call` span that carries the request id from its
 //! [`wharf_proto::CallEnvelope`], and inside that id's [`RequestId::scope`], so the node's log
 //! lines name the HTTP request that caused them and calls passed on to other nodes carry it.
-//! Work the router hands to a task keeps both ([`spawn_traced`]).
+//! Work the router hands to a task or a repository actor keeps both ([`Traced`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,7 @@ use wharf_proto::{ApiError, CallEnvelope, NodeId, NodeMessage, NodeReply, NodeRe
 use crate::activity::answer;
 use crate::repo_actor::RepoMessage;
 use crate::session::SessionOp;
+use crate::traced::Traced;
 use crate::NodeContext;
 
 /// The node router actor. See the module doc.
@@ -84,11 +85,7 @@ impl Actor for NodeRouter {
 /// Spawns `work` inside the current call's span and request id, so that its log lines and
 /// the calls it makes name the request too.
 fn spawn_traced(work: impl std::future::Future<Output = ()> + Send + 'static) {
-    let span = tracing::Span::current();
-    match RequestId::current() {
-        Some(id) => drop(tokio::spawn(id.scope(work).instrument(span))),
-        None => drop(tokio::spawn(work.instrument(span))),
-    }
+    Traced::current().spawn(work);
 }
 
 /// How long a forwarded request may take: as long as a git step, since it may be a push
@@ -227,7 +224,7 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
                 .registry
                 .dispatch(node, id, name, |guard| {
                     let port = reply.take().expect("dispatch builds the message once");
-                    RepoMessage::Handle(request, port, guard)
+                    RepoMessage::Handle(request, port, guard, Traced::current())
                 })
                 .await;
             if let (Err(error), Some(port)) = (result, reply) {
@@ -240,7 +237,7 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
                 .registry
                 .dispatch(node, id, name, |guard| {
                     let port = reply.take().expect("dispatch builds the message once");
-                    RepoMessage::Delete(port, guard)
+                    RepoMessage::Delete(port, guard, Traced::current())
                 })
                 .await;
             if let (Err(error), Some(port)) = (result, reply) {
