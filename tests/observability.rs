@@ -1,5 +1,5 @@
 //! What an operator sees of Wharf: `/metrics`, request ids in replies and in the owning node's
-//! log lines, the Prometheus service-discovery list, a real Prometheus scraping a three-node
+//! log lines (in `wharf dev` and across processes), the Prometheus service-discovery list, a real Prometheus scraping a three-node
 //! cluster through it, and the shipped alert rules passing `promtool`.
 //!
 //! The Prometheus tests need Debian's `prometheus` package (`prometheus` and `promtool` on the
@@ -205,7 +205,25 @@ impl Drop for Prometheus {
 
 #[test]
 fn prometheus_scrapes_every_node_and_the_front_through_service_discovery() {
-    let cluster = LocalCluster::start(3);
+    let mut cluster = LocalCluster::start_logging(3, |_| Vec::new(), "info,openraft=warn");
+
+    // A request id given to the front shows in the log line of the node that owns the
+    // repository, another process: it travelled inside the actor message.
+    let created = http()
+        .post(format!("{}/api/v1/repos", cluster.front.url))
+        .bearer_auth(&cluster.front.token)
+        .header("x-request-id", "obs-cluster-create-1")
+        .json(&json!({"name": "acme/traced"}))
+        .send()
+        .expect("create sent");
+    assert_eq!(created.status(), 201);
+    assert_eq!(created.headers()["x-request-id"], "obs-cluster-create-1");
+    let owner = created.json::<Value>().expect("the record")["node"].as_u64().expect("an owner");
+    cluster.node_process(owner).expect("the owner runs").wait_for_line_containing(
+        &["call{request_id=\"obs-cluster-create-1\"", "repository created"],
+        Duration::from_secs(10),
+    );
+
     let front = &cluster.front;
     let sd_url = format!("{}/api/v1/cluster/metrics-targets", front.url);
 
