@@ -224,8 +224,8 @@ fn prometheus_scrapes_every_node_and_the_front_through_service_discovery() {
         Duration::from_secs(10),
     );
 
+    let sd_url = format!("{}/api/v1/cluster/metrics-targets", cluster.front.url);
     let front = &cluster.front;
-    let sd_url = format!("{}/api/v1/cluster/metrics-targets", front.url);
 
     let targets = get_json(&sd_url);
     let groups = targets.as_array().expect("an http_sd list");
@@ -273,5 +273,23 @@ fn prometheus_scrapes_every_node_and_the_front_through_service_discovery() {
         !prometheus
             .query(r#"wharf_http_requests_total{job="wharf", wharf_role="front", route="/api/v1/cluster"}"#)
             .is_empty()
+    });
+
+    // A restarted node gets a new free port; its record follows, and so does Prometheus.
+    let node3_target = |targets: &Value| {
+        targets
+            .as_array()
+            .and_then(|groups| groups.iter().find(|g| g["labels"]["wharf_node"] == "3"))
+            .and_then(|g| g["targets"][0].as_str().map(str::to_owned))
+    };
+    let before = node3_target(&get_json(&sd_url)).expect("node 3 listed");
+    cluster.restart_node(3);
+    wait_until("node 3's record names its new metrics port", START_DEADLINE, || {
+        node3_target(&get_json(&sd_url)).is_some_and(|now| now != before)
+    });
+    let after = node3_target(&get_json(&sd_url)).expect("node 3 listed");
+    wait_until("Prometheus scrapes node 3 at its new address", PROMETHEUS_DEADLINE, || {
+        let up = prometheus.query(&format!(r#"up{{job="wharf", instance="{after}"}}"#));
+        up.first().and_then(|s| s["value"][1].as_str().map(str::to_owned)) == Some("1".to_owned())
     });
 }
