@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 
 /// Bucket bounds of latency histograms, in seconds: from a local actor call (tens of
 /// microseconds) to a long clone or a CI job step (minutes).
@@ -33,6 +34,13 @@ pub const SIZE_BUCKETS: &[f64] = &[
     1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0, 268435456.0,
     1073741824.0,
 ];
+
+/// How long a counter or histogram that nothing updates stays in the output. Labels such as a
+/// deployed instance's id come and go: without expiry a long-running front would keep a series
+/// for every instance it ever routed to. Gauges never expire (some, such as the Raft term,
+/// change rarely); a counter that returns after expiring starts again from zero, which
+/// Prometheus's `rate` treats as a reset.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// How often histogram samples are folded into their buckets when nobody scrapes. A render
 /// folds them too; this bounds the memory of a process that is never scraped.
@@ -69,6 +77,7 @@ impl Telemetry {
         let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
             .set_buckets_for_metric(Matcher::Suffix("_bytes".into()), SIZE_BUCKETS)?
+            .idle_timeout(MetricKindMask::COUNTER | MetricKindMask::HISTOGRAM, Some(IDLE_TIMEOUT))
             .install_recorder()?;
         let upkeep = handle.clone();
         std::thread::Builder::new()
