@@ -17,7 +17,7 @@
 //! Prometheus (see `metrics`).
 //!
 //! The front never opens a repository and never writes metadata itself: it sees only
-//! `wharf-proto` and `wharf-placement`.
+//! `wharf-proto` and `wharf-placement` (and `wharf-telemetry`, the recorder it renders).
 
 #![warn(missing_docs)]
 
