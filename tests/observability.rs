@@ -115,6 +115,8 @@ fn dev_serves_metrics_by_route_template_and_echoes_request_ids() {
         r#"wharf_repositories{state="active"}"#,
         "wharf_runner_slots_busy ",
         r#"wharf_ci_jobs{status="queued"}"#,
+        r#"wharf_background_tasks{task="rebalancer"} 1"#,
+        r#"wharf_background_tasks{task="raft-metrics"} 1"#,
     ] {
         assert!(text.contains(series), "/metrics has {series}:\n{text}");
     }

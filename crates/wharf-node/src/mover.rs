@@ -86,7 +86,7 @@ impl Transfers {
 
 /// Starts the rebalancer of `node`; it stops when the node does.
 pub(crate) fn spawn_rebalancer(node: Weak<NodeContext>) {
-    tokio::spawn(async move {
+    wharf_telemetry::spawn_named("rebalancer", async move {
         loop {
             tokio::time::sleep(REBALANCE_PERIOD).await;
             let Some(node) = node.upgrade() else { return };

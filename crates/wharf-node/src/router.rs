@@ -40,7 +40,7 @@ impl Actor for NodeRouter {
         node: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let sweeper = Arc::downgrade(&node);
-        tokio::spawn(async move {
+        wharf_telemetry::spawn_named("passivation-sweeper", async move {
             // Sweep a few times per idle period so an idle actor lives at most ~1.25x as long.
             let mut ticker = tokio::time::interval(Duration::from_secs(5));
             loop {

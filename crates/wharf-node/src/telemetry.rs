@@ -104,3 +104,4 @@ pub(crate) fn queued_since(directory: &dyn Directory, job: &JobRecord) -> Option
     let previous = [job.finished_ms, job.lease_until_ms.filter(|_| job.status == JobStatus::Queued)];
     needed.chain(previous.into_iter().flatten()).chain([pipeline.created_ms]).max()
 }
+

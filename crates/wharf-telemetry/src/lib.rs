@@ -11,6 +11,10 @@
 //! collectors, then renders the Prometheus text format; the front's `/metrics` route and a
 //! storage node's metrics listener both serve it.
 //!
+//! Background loops started with [`spawn_named`] are listed in `wharf_background_tasks{task}`:
+//! 1 while the loop runs, 0 once it has ended (returned, panicked or was aborted), so a loop
+//! that died stands out.
+//!
 //! This crate owns no HTTP listener and knows no other Wharf crate: it is the seam between the
 //! facade the libraries use and the exporter the binary chooses.
 
@@ -115,6 +119,29 @@ impl Telemetry {
     }
 }
 
+/// Spawns the background loop `work` on the current Tokio runtime under `name` (a fixed,
+/// kebab-case name such as `rebalancer`): `wharf_background_tasks{task=name}` counts it while it
+/// runs. Returns its handle, for an owner that stops it or waits for it.
+pub fn spawn_named<F>(name: &'static str, work: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    /// Counts the loop out when dropped: on return, on a panic's unwinding, or on abort.
+    struct Running(&'static str);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            metrics::gauge!("wharf_background_tasks", "task" => self.0).decrement(1.0);
+        }
+    }
+    metrics::gauge!("wharf_background_tasks", "task" => name).increment(1.0);
+    let running = Running(name);
+    tokio::spawn(async move {
+        let _running = running;
+        work.await
+    })
+}
+
 /// The `Content-Type` of [`Telemetry::render`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -141,5 +168,18 @@ mod tests {
         assert!(!text.contains("quantile="), "no summaries: {text}");
         assert!(text.contains("test_slots_busy 2"), "{text}");
         assert!(Telemetry::install().is_err(), "one recorder per process");
+
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = {
+            let _inside = runtime.enter();
+            super::spawn_named("test-loop", async move {
+                let _ = stopped.await;
+            })
+        };
+        assert!(telemetry.render().contains("wharf_background_tasks{task=\"test-loop\"} 1"));
+        let _ = stop.send(());
+        runtime.block_on(task).expect("the loop ends");
+        assert!(telemetry.render().contains("wharf_background_tasks{task=\"test-loop\"} 0"));
     }
 }

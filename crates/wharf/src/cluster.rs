@@ -184,7 +184,7 @@ pub async fn run_node(args: ProcessArgs) -> anyhow::Result<()> {
         None => None,
     };
     let (cluster, meta) = connect(&settings).await?;
-    tokio::spawn(wharf_meta::export_raft_metrics(meta.clone()));
+    wharf_telemetry::spawn_named("raft-metrics", wharf_meta::export_raft_metrics(meta.clone()));
     let record = NodeRecord {
         id: settings.id,
         addr: settings.listen.to_string(),
@@ -218,7 +218,7 @@ pub async fn run_node(args: ProcessArgs) -> anyhow::Result<()> {
     telemetry.add_collector(node.metrics_collector());
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_server = metrics_listener.map(|listener| {
-        tokio::spawn(crate::telemetry::serve_metrics(listener, telemetry, async move {
+        wharf_telemetry::spawn_named("metrics-listener", crate::telemetry::serve_metrics(listener, telemetry, async move {
             let _ = metrics_stopped.await;
         }))
     });
@@ -255,7 +255,7 @@ pub async fn run_front(args: ProcessArgs) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let telemetry = crate::telemetry::install()?;
     let (cluster, meta) = connect(&settings).await?;
-    tokio::spawn(wharf_meta::export_raft_metrics(meta.clone()));
+    wharf_telemetry::spawn_named("raft-metrics", wharf_meta::export_raft_metrics(meta.clone()));
     join_if_new(&cluster, &meta, &settings, None).await?;
     meta.wait_caught_up(START_TIMEOUT).await.context("the metadata did not catch up")?;
     meta.wait_for_state(START_TIMEOUT, "the cluster's nodes", |d| !d.nodes().is_empty())

@@ -37,7 +37,7 @@ pub async fn run(
         .await
         .context("cannot open the metadata store")?;
     meta.bootstrap_single().await.context("cannot start the metadata Raft group")?;
-    tokio::spawn(wharf_meta::export_raft_metrics(meta.clone()));
+    wharf_telemetry::spawn_named("raft-metrics", wharf_meta::export_raft_metrics(meta.clone()));
     // One process, one HTTP port: `/metrics` there has the node's and the front's metrics.
     let record = NodeRecord {
         id: DEV_NODE,

@@ -110,7 +110,7 @@ impl Runner {
 /// Starts the runner loops of `node`; they end when the node stops.
 pub(crate) fn spawn_runner(node: Weak<NodeContext>) {
     let claimer = node.clone();
-    tokio::spawn(async move {
+    wharf_telemetry::spawn_named("runner-claim", async move {
         while let Some(node) = claimer.upgrade().filter(|n| !n.is_stopping()) {
             claim_queued(&node).await;
             watch_running(&node);
@@ -119,14 +119,14 @@ pub(crate) fn spawn_runner(node: Weak<NodeContext>) {
         }
     });
     let expirer = node.clone();
-    tokio::spawn(async move {
+    wharf_telemetry::spawn_named("runner-lease-expiry", async move {
         while let Some(node) = expirer.upgrade().filter(|n| !n.is_stopping()) {
             expire_leases(&node).await;
             drop(node);
             tokio::time::sleep(EXPIRY_CHECK).await;
         }
     });
-    tokio::spawn(async move {
+    wharf_telemetry::spawn_named("artifact-sweeper", async move {
         while let Some(node) = node.upgrade().filter(|n| !n.is_stopping()) {
             super::files::sweep_expired_artifacts(&node).await;
             drop(node);

@@ -39,7 +39,7 @@ impl Controllers {
 
 /// Starts the loop that takes deployments; it ends when the node stops.
 pub(crate) fn spawn_controllers(node: Weak<NodeContext>) {
-    tokio::spawn(async move {
+    wharf_telemetry::spawn_named("deployment-controllers", async move {
         while let Some(node) = node.upgrade().filter(|n| !n.is_stopping()) {
             take_deployments(&node).await;
             if node.meta.status().leader == Some(node.config.id.0) {

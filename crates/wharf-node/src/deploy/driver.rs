@@ -51,7 +51,7 @@ impl Driver {
 
 /// Starts the driver of `node`; it ends when the node stops.
 pub(crate) fn spawn_driver(node: Weak<NodeContext>) {
-    tokio::spawn(async move {
+    wharf_telemetry::spawn_named("instance-driver", async move {
         while let Some(node) = node.upgrade().filter(|n| !n.is_stopping()) {
             reconcile(&node).await;
             drop(node);
