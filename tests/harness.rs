@@ -40,9 +40,16 @@ pub struct Process {
 impl Process {
     /// Starts `wharf ARGS` (logging at `warn` unless `WHARF_LOG` says otherwise).
     pub fn spawn(name: &str, args: &[String]) -> Process {
+        let log = std::env::var("WHARF_LOG").unwrap_or_else(|_| "warn".into());
+        Process::spawn_logging(name, args, &log)
+    }
+
+    /// Starts `wharf ARGS` with the log filter `log` (`WHARF_LOG`), for a test that reads the
+    /// log lines.
+    pub fn spawn_logging(name: &str, args: &[String], log: &str) -> Process {
         let mut child = Command::new(wharf_binary())
             .args(args)
-            .env("WHARF_LOG", std::env::var("WHARF_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("WHARF_LOG", log)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -94,6 +101,19 @@ impl Process {
                     }
                 }
                 Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits for an output line that contains every one of `needles` and returns it.
+    pub fn wait_for_line_containing(&mut self, needles: &[&str], deadline: Duration) -> String {
+        let end = Instant::now() + deadline;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if needles.iter().all(|needle| line.contains(needle)) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("{} printed no line with {needles:?} within {deadline:?}", self.name),
             }
         }
     }
@@ -226,6 +246,11 @@ impl Wharf {
     /// The process id of the `wharf` this harness started, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().and_then(Process::pid)
+    }
+
+    /// The process, to read its output (`None` for a front someone else runs).
+    pub fn process(&mut self) -> Option<&mut Process> {
+        self.process.as_mut()
     }
 
     /// Stops the process with SIGTERM and waits for it to exit.

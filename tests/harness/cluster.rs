@@ -22,6 +22,8 @@ pub struct LocalCluster {
     ports: Vec<u16>,
     /// Flags added to each node's command line, by node id.
     extra: Box<dyn Fn(u64) -> Vec<String>>,
+    /// Every process's log filter (`WHARF_LOG`).
+    log: String,
     /// The front.
     pub front: Wharf,
     front_args: Vec<String>,
@@ -36,6 +38,13 @@ impl LocalCluster {
 
     /// Like [`LocalCluster::start`], with `extra(id)` added to node `id`'s flags.
     pub fn start_with(n: usize, extra: impl Fn(u64) -> Vec<String> + 'static) -> LocalCluster {
+        let log = std::env::var("WHARF_LOG").unwrap_or_else(|_| "warn".into());
+        LocalCluster::start_logging(n, extra, &log)
+    }
+
+    /// Like [`LocalCluster::start_with`], every process logging with the filter `log`, for a
+    /// test that reads the log lines.
+    pub fn start_logging(n: usize, extra: impl Fn(u64) -> Vec<String> + 'static, log: &str) -> LocalCluster {
         let extra: Box<dyn Fn(u64) -> Vec<String>> = Box::new(extra);
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -44,7 +53,7 @@ impl LocalCluster {
             let join = (id > 1).then(|| format!("127.0.0.1:{}", ports[0]));
             let mut args = node_args(&dir, &ports, id, join);
             args.extend(extra(id));
-            let mut node = Process::spawn(&format!("node{id}"), &args);
+            let mut node = Process::spawn_logging(&format!("node{id}"), &args, log);
             node.wait_for_line(&format!("wharf: node {id} ready"), START_DEADLINE);
             nodes.push(Some(node));
         }
@@ -64,7 +73,7 @@ impl LocalCluster {
             "--cookie".into(),
             COOKIE.into(),
         ];
-        let mut front = Process::spawn("front", &args);
+        let mut front = Process::spawn_logging("front", &args, log);
         let url = front.wait_for_line("wharf: serving on ", START_DEADLINE);
         let front_args = args.to_vec();
         let token = std::fs::read_to_string(dir.path().join("node1/admin-token"))
@@ -76,10 +85,16 @@ impl LocalCluster {
             nodes,
             ports,
             extra,
+            log: log.to_owned(),
             front,
             front_args,
             dir,
         }
+    }
+
+    /// Node `id`'s process, to read its output; `None` once it was killed.
+    pub fn node_process(&mut self, id: u64) -> Option<&mut Process> {
+        self.nodes.get_mut(id as usize - 1).and_then(Option::as_mut)
     }
 
     /// Kills the front and starts it again on its data: it rejoins from its own Raft state.
@@ -90,7 +105,7 @@ impl LocalCluster {
         let join_at = self.front_args.iter().position(|a| a == "--join").expect("front joined");
         let joined = &self.front_args[join_at + 1];
         let args: Vec<String> = args.into_iter().filter(|a| a != joined).collect();
-        let mut front = Process::spawn("front", &args);
+        let mut front = Process::spawn_logging("front", &args, &self.log);
         let url = front.wait_for_line("wharf: serving on ", START_DEADLINE);
         let token = self.front.token.clone();
         let data_dir = self.front.data_dir.clone();
@@ -114,7 +129,7 @@ impl LocalCluster {
         self.kill_node(id);
         let mut args = node_args(&self.dir, &self.ports, id, None);
         args.extend((self.extra)(id));
-        let mut node = Process::spawn(&format!("node{id}"), &args);
+        let mut node = Process::spawn_logging(&format!("node{id}"), &args, &self.log);
         node.wait_for_line(&format!("wharf: node {id} ready"), START_DEADLINE);
         self.nodes[id as usize - 1] = Some(node);
     }
@@ -126,7 +141,7 @@ impl LocalCluster {
         let join = Some(format!("127.0.0.1:{}", self.ports[0]));
         let mut args = node_args(&self.dir, &self.ports, id, join);
         args.extend((self.extra)(id));
-        let mut node = Process::spawn(&format!("node{id}"), &args);
+        let mut node = Process::spawn_logging(&format!("node{id}"), &args, &self.log);
         node.wait_for_line(&format!("wharf: node {id} ready"), START_DEADLINE);
         self.nodes.push(Some(node));
         id

@@ -45,7 +45,7 @@ const EVENT_PAGE: (usize, usize) = (100, 1000);
 pub(crate) fn routes() -> OpenApiRouter<Shared> {
     OpenApiRouter::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(crate::metrics::serve_metrics))
         .routes(routes!(list_repos, create_repo))
         .routes(routes!(show_repo, delete_repo))
         .routes(routes!(list_branches, create_branch))
@@ -60,6 +60,7 @@ pub(crate) fn routes() -> OpenApiRouter<Shared> {
         .routes(routes!(merge))
         .routes(routes!(events))
         .routes(routes!(cluster_status))
+        .routes(routes!(crate::metrics::metrics_targets))
         .routes(routes!(drain_node))
         .routes(routes!(undrain_node))
         .routes(routes!(remove_node))
@@ -82,14 +83,6 @@ pub(crate) struct RepoPath {
 
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
-}
-
-async fn metrics(State(state): State<Shared>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
 }
 
 // ---- helpers ----

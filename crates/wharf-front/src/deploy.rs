@@ -67,7 +67,16 @@ pub(crate) struct Apps {
 }
 
 impl Apps {
-    fn count(&self, instance: u64, failed: bool, latency: Duration) {
+    /// Counts one request passed to `instance` of environment `env`: for canary checks, and in
+    /// `wharf_router_requests_total`, `wharf_router_errors_total` (no answer, or a 5xx) and
+    /// `wharf_router_request_duration_seconds`, labelled by environment and instance.
+    fn count(&self, env: u64, instance: u64, failed: bool, latency: Duration) {
+        let labels = [("env", env.to_string()), ("instance", instance.to_string())];
+        metrics::counter!("wharf_router_requests_total", &labels).increment(1);
+        if failed {
+            metrics::counter!("wharf_router_errors_total", &labels).increment(1);
+        }
+        metrics::histogram!("wharf_router_request_duration_seconds", &labels).record(latency.as_secs_f64());
         let mut traffic = self.traffic.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let entry = traffic.entry(instance).or_insert(InstanceTraffic {
             instance,
@@ -597,10 +606,12 @@ pub(crate) async fn route_by_host(State(state): State<Shared>, request: Request,
         owner: labels[2].clone(),
         rest: request.uri().path().trim_start_matches('/').to_owned(),
     };
-    match app_for(&state, &path, request).await {
+    let mut response = match app_for(&state, &path, request).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
-    }
+    };
+    response.extensions_mut().insert(crate::metrics::RouteLabel("{env}.{name}.{owner}.localhost/{*rest}"));
+    response
 }
 
 #[derive(Deserialize)]
@@ -687,11 +698,11 @@ async fn proxy(state: &FrontState, env: &EnvironmentRecord, mut candidates: Vec<
         let started = std::time::Instant::now();
         match forward(state, &parts, body.clone(), &url, &instance).await {
             Ok(response) => {
-                state.apps.count(instance.id, response.status().is_server_error(), started.elapsed());
+                state.apps.count(env.id, instance.id, response.status().is_server_error(), started.elapsed());
                 return Ok(response);
             }
             Err(error) => {
-                state.apps.count(instance.id, true, started.elapsed());
+                state.apps.count(env.id, instance.id, true, started.elapsed());
                 tracing::debug!(instance = instance.id, %error, "instance did not answer; trying another");
             }
         }
@@ -754,7 +765,9 @@ async fn forward(
 }
 
 /// The actor through which deployment controllers read this front's router counts: it joins
-/// [`wharf_proto::ROUTERS_GROUP`], so a controller on any node finds every front.
+/// [`wharf_proto::ROUTERS_GROUP`], so a controller on any node finds every front. It also
+/// tells where this front serves `/metrics`, which is how fronts list each other for
+/// Prometheus.
 struct RouterStatsActor;
 
 impl ractor::Actor for RouterStatsActor {
@@ -772,10 +785,11 @@ impl ractor::Actor for RouterStatsActor {
         message: Self::Msg,
         state: &mut Shared,
     ) -> Result<(), ractor::ActorProcessingErr> {
-        let wharf_proto::NodeMessage::Call(bytes, reply) = message;
-        let result = match wharf_proto::codec::decode::<NodeRequest>(&bytes) {
+        let (call, reply) = message.into_call();
+        let result = match call.map(|envelope| envelope.request) {
             Ok(NodeRequest::RouterStats { instances }) => Ok(NodeReply::RouterStats(state.apps.traffic_of(&instances))),
-            Ok(_) => Err(ApiError::invalid("a front answers only router statistics")),
+            Ok(NodeRequest::MetricsAddress) => Ok(NodeReply::MetricsAddress(state.config.metrics_addr.clone())),
+            Ok(_) => Err(ApiError::invalid("a front answers only router statistics and its metrics address")),
             Err(error) => Err(ApiError::invalid(format!("undecodable request: {error}"))),
         };
         if let Ok(encoded) = wharf_proto::codec::encode(&result) {

@@ -11,8 +11,14 @@
 //! goes to a healthy instance by the weights in the records, and a small actor tells
 //! deployment controllers what this router has counted per instance (canary checks).
 //!
+//! Every request gets an id (the client's `x-request-id`, or a new one, echoed in the reply), a
+//! `tracing` span, and its counts in the process's metrics; the id travels in the calls the
+//! front sends to nodes. `/metrics` serves the process's [`wharf_telemetry::Telemetry`], and
+//! `/api/v1/cluster/metrics-targets` lists every node's and front's metrics address for
+//! Prometheus (see `metrics`).
+//!
 //! The front never opens a repository and never writes metadata itself: it sees only
-//! `wharf-proto` and `wharf-placement`.
+//! `wharf-proto` and `wharf-placement` (and `wharf-telemetry`, the recorder it renders).
 
 #![warn(missing_docs)]
 
@@ -55,6 +61,10 @@ pub struct FrontConfig {
     pub git_step_timeout: Duration,
     /// The URL clients use to reach this front, for clone URLs (`http://127.0.0.1:8080`).
     pub public_url: String,
+    /// Where Prometheus reaches this front's `/metrics` (`host:port`), as listed by
+    /// `/api/v1/cluster/metrics-targets`. Default `None`: the front is not listed there (the
+    /// binary sets it to the HTTP address).
+    pub metrics_addr: Option<String>,
 }
 
 impl Default for FrontConfig {
@@ -67,6 +77,7 @@ impl Default for FrontConfig {
             node_timeout: Duration::from_secs(30),
             git_step_timeout: Duration::from_secs(300),
             public_url: "http://127.0.0.1:8080".into(),
+            metrics_addr: None,
         }
     }
 }
@@ -76,33 +87,31 @@ pub(crate) struct FrontState {
     pub config: FrontConfig,
     pub directory: Arc<dyn Directory>,
     pub nodes: NodeClient,
-    pub metrics: metrics::Metrics,
+    /// This process's metrics, rendered at `/metrics`.
+    pub telemetry: wharf_telemetry::Telemetry,
     /// The application router's client and turn counter.
     pub apps: deploy::Apps,
 }
 
-/// The front's HTTP application: API, smart HTTP, health and metrics.
-pub fn app(config: FrontConfig, directory: Arc<dyn Directory>) -> Router {
+/// The front's HTTP application: API, smart HTTP, health and metrics. `/metrics` renders
+/// `telemetry`, the process's one recorder (in `wharf dev` the node's metrics are in it too).
+pub fn app(config: FrontConfig, directory: Arc<dyn Directory>, telemetry: wharf_telemetry::Telemetry) -> Router {
     let state = Arc::new(FrontState {
         nodes: NodeClient {
             timeout: config.node_timeout,
         },
         config,
         directory,
-        metrics: metrics::Metrics::default(),
+        telemetry,
         apps: deploy::Apps::default(),
     });
     deploy::spawn_router_stats(state.clone());
     // The OpenAPI half is dropped here: the document is built from the same routes when it is
     // first asked for.
     let (routes, _) = api::routes().split_for_parts();
-    routes
+    let routes = routes
         .layer(axum::extract::DefaultBodyLimit::max(state.config.max_api_body_bytes))
         .fallback(smart_http::handle)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), deploy::route_by_host))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::record,
-        ))
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), deploy::route_by_host));
+    metrics::layers(routes).with_state(state)
 }

@@ -7,6 +7,10 @@
 //! first output chunk is read before the response starts, so a failure to start becomes an
 //! HTTP status rather than a broken stream. If the client goes away, a guard aborts the
 //! session, and git's quarantine makes sure an unfinished push leaves nothing.
+//!
+//! The bytes that pass are counted by service: `wharf_git_received_bytes_total` (request
+//! bodies after decompression, as git reads them) and `wharf_git_served_bytes_total` (git's
+//! output).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -22,6 +26,7 @@ use wharf_proto::{
 };
 
 use crate::error::HttpError;
+use crate::metrics::RouteLabel;
 use crate::{auth, FrontState};
 
 type Shared = Arc<FrontState>;
@@ -45,11 +50,19 @@ pub(crate) async fn handle(State(state): State<Shared>, request: Request) -> Res
         )))
         .into_not_found();
     };
+    let label = match &route {
+        Ok(GitRoute::Advertise(_)) => "/{owner}/{name}/info/refs",
+        Ok(GitRoute::Rpc(GitService::UploadPack)) => "/{owner}/{name}/git-upload-pack",
+        Ok(GitRoute::Rpc(GitService::ReceivePack)) => "/{owner}/{name}/git-receive-pack",
+        Err(_) => "/{owner}/{name}/{git}",
+    };
     let result = match route {
         Ok(route) => serve(&state, name, route, request).await,
         Err(error) => Err(error),
     };
-    result.unwrap_or_else(|error| HttpError(error).into_response())
+    let mut response = result.unwrap_or_else(|error| HttpError(error).into_response());
+    response.extensions_mut().insert(RouteLabel(label));
+    response
 }
 
 impl HttpError {
@@ -134,6 +147,7 @@ async fn serve(
         state: state.nodes.clone(),
         node,
         id: session,
+        service,
         step_timeout: state.config.git_step_timeout,
         finished: false,
     };
@@ -265,6 +279,8 @@ struct SessionHandle {
     state: crate::NodeClient,
     node: NodeId,
     id: SessionId,
+    /// What it runs, for the byte counts.
+    service: GitService,
     step_timeout: std::time::Duration,
     finished: bool,
 }
@@ -275,7 +291,9 @@ impl SessionHandle {
     }
 
     async fn write(&mut self, data: Vec<u8>) -> Result<(), ApiError> {
+        let size = data.len() as u64;
         self.call(NodeRequest::SessionWrite { session: self.id, data }).await?;
+        metrics::counter!("wharf_git_received_bytes_total", "service" => self.service.as_str()).increment(size);
         Ok(())
     }
 
@@ -288,6 +306,8 @@ impl SessionHandle {
         match self.call(NodeRequest::SessionRead { session: self.id }).await {
             Ok(NodeReply::Chunk(chunk)) => {
                 self.finished |= chunk.eof;
+                metrics::counter!("wharf_git_served_bytes_total", "service" => self.service.as_str())
+                    .increment(chunk.data.len() as u64);
                 Ok(chunk)
             }
             Ok(other) => Err(ApiError::internal("read git output", format!("unexpected reply {other:?}"))),

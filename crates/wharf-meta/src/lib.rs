@@ -10,6 +10,8 @@
 //! [`Meta::directory`], a view of the applied records on the local disk, so routing a request
 //! never waits on Raft.
 //!
+//! [`export_raft_metrics`] turns Raft's metrics watch into Prometheus gauges.
+//!
 //! Everything this crate writes (log entries, records, Raft messages between nodes, forwarded
 //! writes) is encoded with the one versioned codec of `wharf-proto`; the data directory
 //! carries its format version ([`keys::DATA_FORMAT`]), and a directory of the previous format
@@ -27,6 +29,7 @@ mod network;
 pub mod records;
 mod state_machine;
 mod store;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -41,6 +44,7 @@ pub use network::{RaftTransport, TransportError, TransportFuture};
 pub use records::{hash_token, Command, CommandOutcome, CommandResult, RefUpdate};
 pub use wharf_ci::{CiCommand, JobResult, MAX_LOST_RUNNERS};
 pub use wharf_deploy::{DeployCommand, DeployOutcome};
+pub use telemetry::export_raft_metrics;
 
 openraft::declare_raft_types!(
     /// Wharf's Raft types: commands in, command results out, nodes known by address,

@@ -2,7 +2,8 @@
 //!
 //! Every loop a node runs besides its actors (the runner's claimer, lease expiry and artifact
 //! sweeper, the deployment controllers and driver, the rebalancer, the passivation sweeper) is
-//! started here, by name, and tracked: [`Background::running`] lists them, and
+//! started here, by name, and tracked: [`Background::running`] lists them, the gauge
+//! `wharf_background_tasks{task}` counts them, and
 //! [`Background::stop`] cancels them all and waits until each has ended, before the node stops
 //! its actors. A loop is a step run again whenever its [`Wake`] says: after a fixed period, or
 //! as soon as the metadata applies a new entry (so a queued job reaches a runner the moment its
@@ -45,7 +46,9 @@ impl Background {
         let stop = self.stop.clone();
         let running = self.running.clone();
         lock(&running).push(name);
+        let counted = wharf_telemetry::RunningTask::start(name);
         self.tracker.spawn(async move {
+            let _counted = counted;
             tracing::debug!(task = name, "background task started");
             let run = async {
                 let mut seen = None;

@@ -15,7 +15,9 @@
 //!
 //! Metadata (repository records, push events, pipelines, deployments) is written through
 //! [`wharf_meta::Meta`]; git work is done by [`wharf_git::GitRepo`]. The node never serves
-//! HTTP: that is the front's job.
+//! HTTP: that is the front's job. It records metrics through the `metrics` facade and hands the
+//! binary a collector for its state gauges ([`StorageNode::metrics_collector`]); the binary
+//! serves them.
 
 #![warn(missing_docs)]
 
@@ -27,6 +29,8 @@ mod mover;
 pub mod repo_actor;
 pub mod router;
 pub mod session;
+mod telemetry;
+mod traced;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,6 +63,10 @@ pub struct NodeConfig {
     /// node dies is queued again within about this long. Node clocks must agree to well
     /// within it, since the leader compares a lease with its own clock.
     pub job_lease: Duration,
+    /// Where this node serves `/metrics` (`host:port`), if it does; its answer to
+    /// [`wharf_proto::NodeRequest::MetricsAddress`]. Default `None`: the binary sets it when it
+    /// has started the listener.
+    pub metrics_addr: Option<String>,
 }
 
 impl NodeConfig {
@@ -71,6 +79,7 @@ impl NodeConfig {
             session_idle_timeout: Duration::from_secs(120),
             runner_slots: ci::DEFAULT_RUNNER_SLOTS,
             job_lease: Duration::from_secs(10),
+            metrics_addr: None,
         }
     }
 
@@ -177,6 +186,18 @@ impl StorageNode {
         self.context.registry.active().await
     }
 
+    /// Sets the node's state gauges (repositories active and passivated, runner slots, jobs
+    /// and deployments by state) when called: for the binary to run before each scrape. It
+    /// holds the node weakly and does nothing once the node has stopped.
+    pub fn metrics_collector(&self) -> impl Fn() + Send + Sync + 'static {
+        let node = Arc::downgrade(&self.context);
+        move || {
+            if let Some(node) = node.upgrade() {
+                telemetry::collect(&node);
+            }
+        }
+    }
+
     /// Stops the router and every repository actor. Sessions in flight are killed, so pushes
     /// that were not acknowledged leave nothing behind.
     pub async fn shutdown(self) {
@@ -198,7 +219,7 @@ const BACKGROUND_STOP_DEADLINE: std::time::Duration = std::time::Duration::from_
 /// period, so an idle actor lives at most about 1.25 times as long.
 fn spawn_passivation(context: &Arc<NodeContext>) {
     let every = std::time::Duration::from_secs(5).min(context.config.actor_idle_timeout / 4).max(std::time::Duration::from_millis(100));
-    context.background.spawn_loop("repo.passivation", Arc::downgrade(context), background::Wake::Every(every), |node| async move {
+    context.background.spawn_loop("passivation-sweeper", Arc::downgrade(context), background::Wake::Every(every), |node| async move {
         let stopped = node.registry.passivate_idle(node.config.actor_idle_timeout).await;
         if stopped > 0 {
             tracing::debug!(stopped, "passivated idle repository actors");

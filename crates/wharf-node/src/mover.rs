@@ -87,7 +87,7 @@ impl Transfers {
 
 /// Starts the rebalancer of `node` under its [`crate::background::Background`].
 pub(crate) fn spawn_rebalancer(node: &Arc<NodeContext>) {
-    node.background.spawn_loop("placement.rebalancer", Arc::downgrade(node), Wake::Every(REBALANCE_PERIOD), |node| async move {
+    node.background.spawn_loop("rebalancer", Arc::downgrade(node), Wake::Every(REBALANCE_PERIOD), |node| async move {
         rebalance_once(&node).await;
     });
 }

@@ -34,6 +34,7 @@ use wharf_meta::Command;
 use wharf_proto::{ApiError, GitService, NodeId, NodeReply, NodeRequest, RepoId, RepoName, RepoRequest};
 
 use crate::activity::{answer, Activity, InflightGuard};
+use crate::traced::Traced;
 use crate::NodeContext;
 
 /// What every task working on one repository needs.
@@ -67,10 +68,11 @@ impl Drop for RepoContext {
 
 /// A message to a repository actor. Sent only by the [`RepoRegistry`] of the same node.
 pub(crate) enum RepoMessage {
-    /// Handle a request and answer on the port. The guard marks it in flight until answered.
-    Handle(RepoRequest, RpcReplyPort<Vec<u8>>, InflightGuard),
+    /// Handle a request and answer on the port. The guard marks it in flight until answered;
+    /// the work runs in the span and request id of the call it serves.
+    Handle(RepoRequest, RpcReplyPort<Vec<u8>>, InflightGuard, Traced),
     /// Delete the repository: its record, then its directory. Answers `Done`.
-    Delete(RpcReplyPort<Vec<u8>>, InflightGuard),
+    Delete(RpcReplyPort<Vec<u8>>, InflightGuard, Traced),
     /// Move the repository to another node (see [`crate::mover`]).
     MoveTo(NodeId, oneshot::Sender<Result<(), ApiError>>, InflightGuard),
 }
@@ -133,16 +135,19 @@ impl Actor for RepoActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            RepoMessage::Handle(request, reply, guard) => state.handle(request, reply, guard),
-            RepoMessage::Delete(reply, guard) => {
+            RepoMessage::Handle(request, reply, guard, traced) => state.handle(request, reply, guard, traced),
+            RepoMessage::Delete(reply, guard, traced) => {
                 let repo = state.repo.clone();
-                state.enqueue(reply, async move {
-                    let _guard = guard;
-                    match repo.moved_to.get() {
-                        Some(target) => forward(&repo, *target, NodeRequest::DeleteRepo { id: repo.id, name: repo.name.clone() }).await,
-                        None => delete(&repo).await,
-                    }
-                });
+                state.enqueue(
+                    reply,
+                    traced.wrap(async move {
+                        let _guard = guard;
+                        match repo.moved_to.get() {
+                            Some(target) => forward(&repo, *target, NodeRequest::DeleteRepo { id: repo.id, name: repo.name.clone() }).await,
+                            None => delete(&repo).await,
+                        }
+                    }),
+                );
             }
             RepoMessage::MoveTo(target, done, guard) => state.start_move(target, done, guard),
         }
@@ -151,10 +156,10 @@ impl Actor for RepoActor {
 }
 
 impl RepoState {
-    fn handle(&self, request: RepoRequest, reply: RpcReplyPort<Vec<u8>>, guard: InflightGuard) {
+    fn handle(&self, request: RepoRequest, reply: RpcReplyPort<Vec<u8>>, guard: InflightGuard, traced: Traced) {
         let repo = self.repo.clone();
         if let Some(target) = repo.moved_to.get().copied() {
-            tokio::spawn(async move {
+            traced.spawn(async move {
                 let _guard = guard;
                 answer(reply, forward_request(&repo, target, request).await);
             });
@@ -165,7 +170,7 @@ impl RepoState {
                 if open.service == GitService::ReceivePack && !open.advertise_refs =>
             {
                 // A push takes the write turn and keeps it until its session ends.
-                let job: WriteJob = Box::pin(async move {
+                let job: WriteJob = Box::pin(traced.wrap(async move {
                     if let Some(target) = repo.moved_to.get().copied() {
                         let _guard = guard;
                         answer(reply, forward_request(&repo, target, RepoRequest::OpenSession(open)).await);
@@ -178,37 +183,40 @@ impl RepoState {
                     if ok {
                         let _ = released.await;
                     }
-                });
+                }));
                 let _ = self.writes.send(job);
             }
             RepoRequest::OpenSession(open) => {
-                tokio::spawn(async move {
+                traced.spawn(async move {
                     let started = crate::session::start(repo, open, None, guard).await;
                     answer(reply, started.map(NodeReply::Session));
                 });
             }
             RepoRequest::Bundle => {
-                tokio::spawn(async move {
+                traced.spawn(async move {
                     let _guard = guard;
                     answer(reply, crate::ci::offer_bundle(&repo).await);
                 });
             }
             RepoRequest::TriggerPipeline { branch, only } => {
-                tokio::spawn(async move {
+                traced.spawn(async move {
                     let _guard = guard;
                     answer(reply, crate::ci::trigger(&repo, branch, only).await);
                 });
             }
-            request if is_write(&request) => self.enqueue(reply, async move {
-                let _guard = guard;
-                // A write queued behind a move goes to the new owner.
-                match repo.moved_to.get().copied() {
-                    Some(target) => forward_request(&repo, target, request).await,
-                    None => blocking(repo, move |git| write(git, request)).await,
-                }
-            }),
+            request if is_write(&request) => self.enqueue(
+                reply,
+                traced.wrap(async move {
+                    let _guard = guard;
+                    // A write queued behind a move goes to the new owner.
+                    match repo.moved_to.get().copied() {
+                        Some(target) => forward_request(&repo, target, request).await,
+                        None => blocking(repo, move |git| write(git, request)).await,
+                    }
+                }),
+            ),
             read => {
-                tokio::spawn(async move {
+                traced.spawn(async move {
                     let _guard = guard;
                     answer(reply, blocking(repo, move |git| self::read(git, read)).await);
                 });
@@ -390,6 +398,8 @@ type Slot = Arc<tokio::sync::OnceCell<ActiveRepo>>;
 #[derive(Default)]
 pub(crate) struct RepoRegistry {
     active: Mutex<HashMap<RepoId, Slot>>,
+    /// Active actors as of the last change (not counting those being activated).
+    active_count: std::sync::atomic::AtomicUsize,
 }
 
 impl RepoRegistry {
@@ -402,6 +412,7 @@ impl RepoRegistry {
         build: impl FnOnce(InflightGuard) -> RepoMessage,
     ) -> Result<(), ApiError> {
         let slot = self.active.lock().await.entry(id).or_default().clone();
+        let was_active = slot.initialized();
         let activated = slot.get_or_try_init(|| activate(node, id, name.clone())).await;
         let entry = match activated {
             Ok(entry) => entry.clone(),
@@ -410,6 +421,9 @@ impl RepoRegistry {
                 return Err(error);
             }
         };
+        if !was_active {
+            self.count_active(&*self.active.lock().await);
+        }
         let message = build(InflightGuard::new(entry.activity.clone()));
         if entry.actor.send_message(message).is_err() {
             self.forget(id, &slot).await;
@@ -433,6 +447,7 @@ impl RepoRegistry {
         if active.get(&id).is_some_and(|current| Arc::ptr_eq(current, slot)) {
             active.remove(&id);
         }
+        self.count_active(&active);
     }
 
     /// Stops the actors that have had nothing in flight for `idle`.
@@ -455,6 +470,8 @@ impl RepoRegistry {
                 entry.actor.stop(Some("idle".into()));
             }
         }
+        metrics::counter!("wharf_repository_passivations_total").increment(idle_ids.len() as u64);
+        self.count_active(&active);
         idle_ids.len()
     }
 
@@ -465,11 +482,25 @@ impl RepoRegistry {
 
     /// Stops every actor.
     pub async fn stop_all(&self) {
-        for (_, slot) in self.active.lock().await.drain() {
+        let mut active = self.active.lock().await;
+        for (_, slot) in active.drain() {
             if let Some(entry) = slot.get() {
                 entry.actor.stop(Some("node shutdown".into()));
             }
         }
+        self.count_active(&active);
+    }
+
+    /// Repository actors active now, as last counted: readable without the registry's lock,
+    /// for a metrics scrape.
+    pub fn active_now(&self) -> usize {
+        self.active_count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Keeps [`RepoRegistry::active_now`] current; called with the lock held after a change.
+    fn count_active(&self, active: &HashMap<RepoId, Slot>) {
+        let count = active.values().filter(|slot| slot.initialized()).count();
+        self.active_count.store(count, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -484,6 +515,7 @@ async fn activate(node: &Arc<NodeContext>, id: RepoId, name: RepoName) -> Result
             retry_after_secs: 5,
         })?;
     tracing::debug!(repo = %name, "repository actor activated");
+    metrics::counter!("wharf_repository_activations_total").increment(1);
     Ok(ActiveRepo {
         actor,
         activity: Arc::new(Activity::default()),

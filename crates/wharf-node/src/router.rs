@@ -5,18 +5,25 @@
 //! repository requests to the [`crate::repo_actor::RepoRegistry`], session steps to their
 //! [`crate::session`], and repository creation to a task. It also passivates idle repository
 //! actors on a timer.
+//!
+//! Each call runs inside a `call` span that carries the request id from its
+//! [`wharf_proto::CallEnvelope`], and inside that id's [`RequestId::scope`], so the node's log
+//! lines name the HTTP request that caused them and calls passed on to other nodes carry it.
+//! Work the router hands to a task or a repository actor keeps both ([`Traced`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::Instrument;
 use wharf_git::GitRepo;
 use wharf_meta::{Command, CommandOutcome};
-use wharf_proto::{codec, ApiError, NodeId, NodeMessage, NodeReply, NodeRequest, NodeStats, RepoId, RepoName};
+use wharf_proto::{ApiError, CallEnvelope, NodeId, NodeMessage, NodeReply, NodeRequest, NodeStats, RepoId, RepoName, RequestId};
 
 use crate::activity::answer;
 use crate::repo_actor::RepoMessage;
 use crate::session::SessionOp;
+use crate::traced::Traced;
 use crate::NodeContext;
 
 /// The node router actor. See the module doc.
@@ -41,13 +48,30 @@ impl Actor for NodeRouter {
         message: Self::Msg,
         node: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let NodeMessage::Call(bytes, reply) = message;
-        match codec::decode::<NodeRequest>(&bytes) {
-            Ok(request) => route(node, request, reply, false).await,
+        let (call, reply) = message.into_call();
+        match call {
+            Ok(CallEnvelope { request_id, request }) => {
+                let span = tracing::info_span!(
+                    "call",
+                    request_id = request_id.as_ref().map(RequestId::as_str).unwrap_or(""),
+                    kind = request.kind(),
+                );
+                let work = route(node, request, reply, false).instrument(span);
+                match request_id {
+                    Some(id) => id.scope(work).await,
+                    None => work.await,
+                }
+            }
             Err(error) => answer(reply, Err(ApiError::invalid(format!("undecodable request: {error}")))),
         }
         Ok(())
     }
+}
+
+/// Spawns `work` inside the current call's span and request id, so that its log lines and
+/// the calls it makes name the request too.
+fn spawn_traced(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    Traced::current().spawn(work);
 }
 
 /// How long a forwarded request may take: as long as a git step, since it may be a push
@@ -148,7 +172,7 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
     if let NodeRequest::Repo { id, name, .. } | NodeRequest::DeleteRepo { id, name } = &request {
         if let Some(target) = owner_elsewhere(node, *id, name).filter(|_| !forwarded) {
             let node = node.clone();
-            tokio::spawn(async move { answer(reply, forward(&node, target, request).await) });
+            spawn_traced(async move { answer(reply, forward(&node, target, request).await) });
             return;
         }
     }
@@ -156,7 +180,7 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
         NodeRequest::Forwarded(inner) => route(node, *inner, reply, true).await,
         NodeRequest::JobLog { job, offset } => {
             let node = node.clone();
-            tokio::spawn(async move {
+            spawn_traced(async move {
                 let read = tokio::task::spawn_blocking(move || crate::ci::read_log(&node, job, offset)).await;
                 let result = read
                     .map_err(|e| ApiError::internal("read log", e))
@@ -166,7 +190,7 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
         }
         NodeRequest::ReadArtifact { job, path, offset } => {
             let node = node.clone();
-            tokio::spawn(async move {
+            spawn_traced(async move {
                 let read = tokio::task::spawn_blocking(move || crate::ci::read_artifact(&node, job, &path, offset)).await;
                 let result = read
                     .map_err(|e| ApiError::internal("read artifact", e))
@@ -176,7 +200,7 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
         }
         NodeRequest::InstanceLog { instance, offset } => {
             let node = node.clone();
-            tokio::spawn(async move {
+            spawn_traced(async move {
                 let read = tokio::task::spawn_blocking(move || crate::deploy::read_instance_log(&node, instance, offset)).await;
                 let result = read
                     .map_err(|e| ApiError::internal("read instance log", e))
@@ -189,23 +213,23 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
         }
         NodeRequest::Deploy(action) => {
             let node = node.clone();
-            tokio::spawn(async move { answer(reply, crate::deploy::act(&node, action).await) });
+            spawn_traced(async move { answer(reply, crate::deploy::act(&node, action).await) });
         }
         NodeRequest::Ci(action) => {
             let node = node.clone();
-            tokio::spawn(async move { answer(reply, crate::ci::act(&node, action).await) });
+            spawn_traced(async move { answer(reply, crate::ci::act(&node, action).await) });
         }
         NodeRequest::RemoveMember { node: member } => {
             let node = node.clone();
-            tokio::spawn(async move { answer(reply, remove_member(&node, member).await) });
+            spawn_traced(async move { answer(reply, remove_member(&node, member).await) });
         }
         NodeRequest::ImportRepo(import) => {
             let node = node.clone();
-            tokio::spawn(async move { answer(reply, crate::mover::import(&node, import).await) });
+            spawn_traced(async move { answer(reply, crate::mover::import(&node, import).await) });
         }
         NodeRequest::ReadTransfer { transfer, offset } => {
             let node = node.clone();
-            tokio::spawn(async move {
+            spawn_traced(async move {
                 let read = tokio::task::spawn_blocking(move || node.transfers.read(transfer, offset)).await;
                 let result = read
                     .map_err(|e| ApiError::internal("read transfer", e))
@@ -218,14 +242,17 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
             answer(reply, Ok(NodeReply::Done));
         }
         NodeRequest::Repo { id, name, request } => {
-            dispatch_repo(node, id, name, reply, |port, guard| RepoMessage::Handle(request, port, guard)).await;
+            // Taken here, in the call's span: the message may be built in a task of its own.
+            let traced = Traced::current();
+            dispatch_repo(node, id, name, reply, move |port, guard| RepoMessage::Handle(request, port, guard, traced)).await;
         }
         NodeRequest::DeleteRepo { id, name } => {
-            dispatch_repo(node, id, name, reply, RepoMessage::Delete).await;
+            let traced = Traced::current();
+            dispatch_repo(node, id, name, reply, move |port, guard| RepoMessage::Delete(port, guard, traced)).await;
         }
         NodeRequest::CreateRepo { name } => {
             let node = node.clone();
-            tokio::spawn(async move { answer(reply, create(&node, name).await) });
+            spawn_traced(async move { answer(reply, create(&node, name).await) });
         }
         NodeRequest::SessionWrite { session, data } => {
             node.sessions.deliver(session, SessionOp::Write(data, reply))
@@ -239,9 +266,10 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
         NodeRequest::SessionAbort { session } => {
             node.sessions.deliver(session, SessionOp::Abort(reply))
         }
+        NodeRequest::MetricsAddress => answer(reply, Ok(NodeReply::MetricsAddress(node.config.metrics_addr.clone()))),
         NodeRequest::Stats => {
             let node = node.clone();
-            tokio::spawn(async move {
+            spawn_traced(async move {
                 let stats = NodeStats {
                     actors: node.registry.active().await as u64,
                     sessions: node.sessions.open_count() as u64,
@@ -252,7 +280,7 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
         }
         NodeRequest::SetNodeState { node: member, state } => {
             let node = node.clone();
-            tokio::spawn(async move {
+            spawn_traced(async move {
                 let result = match node.meta.write(Command::SetNodeState { node: member, state }).await {
                     Ok(Ok(_)) => Ok(NodeReply::Done),
                     Ok(Err(error)) => Err(error),

@@ -1,8 +1,9 @@
 //! The vocabulary every Wharf process shares: ids, the messages a front sends to a node, the
 //! records the metadata store holds, the errors that travel in replies, and the one wire codec.
 //!
-//! A front turns an HTTP request into a [`NodeRequest`], encodes it with [`codec`], and sends it
-//! as a [`NodeMessage::Call`] to the node router actor found in the process group named by
+//! A front turns an HTTP request into a [`NodeRequest`], wraps it in a [`CallEnvelope`] with
+//! the HTTP request's [`RequestId`], encodes it with [`codec`], and sends it as a
+//! [`NodeMessage::CallTraced`] to the node router actor found in the process group named by
 //! [`node_group`]. The node answers with an encoded `Result<NodeReply, ApiError>`. The same bytes
 //! go to a local actor in `wharf dev` and across `ractor_cluster` in a cluster: one code path.
 //! Reads of metadata that must not wait on a node (routing, authentication, listings) go
@@ -20,6 +21,7 @@ mod error;
 mod ids;
 mod message;
 mod records;
+mod trace;
 pub mod store;
 mod views;
 
@@ -28,9 +30,10 @@ pub use directory::Directory;
 pub use error::ApiError;
 pub use ids::{NodeId, RepoId, RepoName, SessionId};
 pub use message::{
-    node_group, CiAction, ROUTERS_GROUP, CommitFilesRequest, DeployAction, FileAction, FileActionKind, GitService, ImportRepo, MergeRequest,
+    node_group, CallEnvelope, CiAction, ROUTERS_GROUP, CommitFilesRequest, DeployAction, FileAction, FileActionKind, GitService, ImportRepo, MergeRequest,
     MergeStrategy, NodeMessage, NodeReply, NodeRequest, NodeStats, OpenSession, RepoRequest, SessionChunk,
 };
+pub use trace::RequestId;
 pub use records::{
     ArtifactFile, JobRecord, JobStatus, NodeRecord, NodeState, PipelineRecord, PipelineStatus, Principal, PushEvent,
     RaftRole, RepoRecord, TestFailure, TestReport, Variable,

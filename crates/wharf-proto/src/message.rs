@@ -17,9 +17,41 @@ use crate::{NodeId, PipelineRecord, RepoId, RepoName, RepoRecord, SessionId, Var
 #[derive(RactorClusterMessage)]
 pub enum NodeMessage {
     /// An encoded [`NodeRequest`]; the reply is an encoded `Result<NodeReply, ApiError>`.
-    /// Sent by a front (or another node); answered by the node's router actor.
+    /// Sent by processes from before [`NodeMessage::CallTraced`]; answered by the node's
+    /// router actor like a `CallTraced` without a request id.
     #[rpc]
     Call(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// An encoded [`CallEnvelope`]: a request with the id of the HTTP request that caused
+    /// it. The reply is an encoded `Result<NodeReply, ApiError>`. Sent by [`crate::NodeClient`]
+    /// (a front, or a node passing work on); answered by a node's router actor or a front's
+    /// router-statistics actor.
+    #[rpc]
+    CallTraced(Vec<u8>, RpcReplyPort<Vec<u8>>),
+}
+
+impl NodeMessage {
+    /// The call this message carries, decoded, and the port its answer goes to.
+    pub fn into_call(self) -> (Result<CallEnvelope, crate::codec::CodecError>, RpcReplyPort<Vec<u8>>) {
+        match self {
+            NodeMessage::Call(bytes, reply) => {
+                let envelope = crate::codec::decode::<NodeRequest>(&bytes).map(|request| CallEnvelope {
+                    request_id: None,
+                    request,
+                });
+                (envelope, reply)
+            }
+            NodeMessage::CallTraced(bytes, reply) => (crate::codec::decode::<CallEnvelope>(&bytes), reply),
+        }
+    }
+}
+
+/// A request and the context it was sent in (see [`NodeMessage::CallTraced`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallEnvelope {
+    /// The HTTP request this call serves, if it serves one: the owning node logs under it.
+    pub request_id: Option<crate::RequestId>,
+    /// The request.
+    pub request: NodeRequest,
 }
 
 /// The name of the process group in which node `id` registers its router actor.
@@ -156,6 +188,40 @@ pub enum NodeRequest {
         /// Where to read from.
         offset: u64,
     },
+    /// Where the receiving process serves `/metrics`. Replies [`NodeReply::MetricsAddress`].
+    /// A front's router-statistics actor answers it too, which is how a front lists the other
+    /// fronts for Prometheus.
+    MetricsAddress,
+}
+
+impl NodeRequest {
+    /// The request's kind, for metrics: a fixed name per variant (per repository request for
+    /// [`NodeRequest::Repo`]), so the number of series stays bounded.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeRequest::CreateRepo { .. } => "create_repo",
+            NodeRequest::DeleteRepo { .. } => "delete_repo",
+            NodeRequest::Repo { request, .. } => request.kind(),
+            NodeRequest::SessionWrite { .. } => "session_write",
+            NodeRequest::SessionFinishInput { .. } => "session_finish_input",
+            NodeRequest::SessionRead { .. } => "session_read",
+            NodeRequest::SessionAbort { .. } => "session_abort",
+            NodeRequest::Stats => "stats",
+            NodeRequest::SetNodeState { .. } => "set_node_state",
+            NodeRequest::ImportRepo(_) => "import_repo",
+            NodeRequest::ReadTransfer { .. } => "read_transfer",
+            NodeRequest::EndTransfer { .. } => "end_transfer",
+            NodeRequest::RemoveMember { .. } => "remove_member",
+            NodeRequest::JobLog { .. } => "job_log",
+            NodeRequest::Forwarded(_) => "forwarded",
+            NodeRequest::ReadArtifact { .. } => "read_artifact",
+            NodeRequest::Ci(_) => "ci",
+            NodeRequest::Deploy(_) => "deploy",
+            NodeRequest::RouterStats { .. } => "router_stats",
+            NodeRequest::InstanceLog { .. } => "instance_log",
+            NodeRequest::MetricsAddress => "metrics_address",
+        }
+    }
 }
 
 /// A user's change to environments and deployments (see [`NodeRequest::Deploy`]).
@@ -338,6 +404,29 @@ pub enum RepoRequest {
     },
 }
 
+impl RepoRequest {
+    /// The request's kind, for metrics (see [`NodeRequest::kind`]).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RepoRequest::Summary => "repo_summary",
+            RepoRequest::ListBranches => "repo_list_branches",
+            RepoRequest::ListTags => "repo_list_tags",
+            RepoRequest::CreateBranch { .. } => "repo_create_branch",
+            RepoRequest::DeleteBranch { .. } => "repo_delete_branch",
+            RepoRequest::Tree { .. } => "repo_tree",
+            RepoRequest::Blob { .. } => "repo_blob",
+            RepoRequest::Log { .. } => "repo_log",
+            RepoRequest::Commit { .. } => "repo_commit",
+            RepoRequest::Compare { .. } => "repo_compare",
+            RepoRequest::CommitFiles(_) => "repo_commit_files",
+            RepoRequest::Merge(_) => "repo_merge",
+            RepoRequest::OpenSession(_) => "repo_open_session",
+            RepoRequest::Bundle => "repo_bundle",
+            RepoRequest::TriggerPipeline { .. } => "repo_trigger_pipeline",
+        }
+    }
+}
+
 /// Which git service a session runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GitService {
@@ -509,6 +598,9 @@ pub enum NodeReply {
     Id(u64),
     /// Requests per instance, as one front's router saw them (see [`NodeRequest::RouterStats`]).
     RouterStats(Vec<InstanceTraffic>),
+    /// Where a process serves `/metrics` (`host:port`), if it does (see
+    /// [`NodeRequest::MetricsAddress`]).
+    MetricsAddress(Option<String>),
 }
 
 /// A node's live figures.

@@ -31,6 +31,11 @@ pub struct NodeRecord {
     pub state: NodeState,
     /// Its placement weight: relative share of repositories (100 = the usual share).
     pub weight: u32,
+    /// Where it serves `/metrics` (`host:port`), if it does: what the front's Prometheus
+    /// service discovery (`/api/v1/cluster/metrics-targets`) lists. Absent in records written
+    /// before nodes served metrics.
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
 }
 
 /// A repository and where it lives.

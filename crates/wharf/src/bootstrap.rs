@@ -1,5 +1,5 @@
-//! Start-up steps shared by `wharf dev` and `wharf node`: recording the node, the admin
-//! token, and waiting for a stop signal.
+//! Start-up steps shared by `wharf dev` and `wharf node`: recording the node (and where it
+//! serves metrics), the admin token, and waiting for a stop signal.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,11 +9,19 @@ use rand::RngCore;
 use wharf_meta::{hash_token, Command, Meta};
 use wharf_proto::{NodeRecord, Principal};
 
-/// Records this node as a member, once.
+/// Records this node as a member, once; on later starts, only updates where it serves
+/// metrics if that changed (a listener on port 0 gets a new port each time). Its state and
+/// weight in the records stay as they are: a drained node that restarts is still drained.
 pub async fn register_node(meta: &Meta, record: NodeRecord) -> anyhow::Result<()> {
-    if meta.directory().nodes().iter().any(|n| n.id == record.id) {
-        return Ok(());
-    }
+    let known = meta.directory().nodes().into_iter().find(|n| n.id == record.id);
+    let record = match known {
+        None => record,
+        Some(known) if known.metrics_addr == record.metrics_addr => return Ok(()),
+        Some(known) => NodeRecord {
+            metrics_addr: record.metrics_addr,
+            ..known
+        },
+    };
     match meta.write(Command::AddNode { record }).await? {
         Ok(_) => Ok(()),
         Err(error) => bail!("cannot register the node: {error}"),

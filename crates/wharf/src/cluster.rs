@@ -60,6 +60,13 @@ pub struct ProcessArgs {
     /// Seconds a node's runner holds a job without renewing its lease.
     #[arg(long, env = "WHARF_JOB_LEASE_SECS")]
     job_lease_secs: Option<u64>,
+    /// Where a storage node serves `/metrics` (`host:port`, port 0 for a free port), or `off`.
+    /// Default: the host of `listen`, port 0. The address is recorded in the node's record,
+    /// where the front's `/api/v1/cluster/metrics-targets` finds it; an address bound to every
+    /// interface is recorded with the host of `listen`. A front serves `/metrics` on its `http`
+    /// address and ignores this setting.
+    #[arg(long, env = "WHARF_METRICS_HTTP")]
+    metrics_http: Option<String>,
 }
 
 /// The settings once file, flags and defaults are merged.
@@ -73,6 +80,8 @@ struct Settings {
     http: SocketAddr,
     runner_slots: usize,
     job_lease: Duration,
+    /// `None`: no metrics listener.
+    metrics_http: Option<SocketAddr>,
 }
 
 impl ProcessArgs {
@@ -90,16 +99,25 @@ impl ProcessArgs {
         let Some(cookie) = self.cookie.or(file.cookie) else {
             bail!("every process needs the cluster's cookie: pass --cookie, set WHARF_COOKIE, or set cookie in the config file");
         };
+        let listen = self.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7100 + id as u16)));
+        let metrics_http = match self.metrics_http.or(file.metrics_http).as_deref().map(str::trim) {
+            None => Some(SocketAddr::new(listen.ip(), 0)),
+            Some("off") => None,
+            Some(text) => Some(text.parse().with_context(|| {
+                format!("metrics_http {text:?} is neither `host:port` (an IP address and a port) nor `off`")
+            })?),
+        };
         Ok(Settings {
             id: NodeId(id),
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(format!("./wharf-data-{id}"))),
-            listen: self.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7100 + id as u16))),
+            listen,
             cookie,
             join: if self.join.is_empty() { file.join } else { self.join },
             weight: self.weight.or(file.weight).unwrap_or(100),
             http: self.http.or(file.http).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             runner_slots: self.runner_slots.or(file.runner_slots).unwrap_or(wharf_node::DEFAULT_RUNNER_SLOTS),
             job_lease: Duration::from_secs(self.job_lease_secs.or(file.job_lease_secs).unwrap_or(10).max(1)),
+            metrics_http,
         })
     }
 }
@@ -151,37 +169,74 @@ async fn join_if_new(cluster: &Cluster, meta: &Meta, settings: &Settings, storag
 /// `wharf node`: a storage node.
 pub async fn run_node(args: ProcessArgs) -> anyhow::Result<()> {
     let settings = args.resolve()?;
+    let telemetry = crate::telemetry::install()?;
+    // Bound before anything registers, so the record names the port actually in use.
+    let metrics_listener = match settings.metrics_http {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(listener) => Some(crate::telemetry::advertised(listener.local_addr()?, settings.listen)),
+        None => None,
+    };
     let (cluster, meta) = connect(&settings).await?;
+    wharf_telemetry::spawn_named("raft-metrics", wharf_meta::export_raft_metrics(meta.clone()));
     let record = NodeRecord {
         id: settings.id,
         addr: settings.listen.to_string(),
         state: NodeState::Active,
         weight: settings.weight,
+        metrics_addr: metrics_addr.clone(),
     };
     let first = settings.join.is_empty() && !meta.is_initialized().await?;
     if first {
         meta.bootstrap_single().await.context("cannot start the metadata Raft group")?;
-        register_node(&meta, record).await?;
+        register_node(&meta, record.clone()).await?;
         let token = admin_token(&meta, &settings.data_dir).await?;
         println!("wharf: new cluster; admin token {token} (also in {})", settings.data_dir.join("admin-token").display());
     } else {
-        join_if_new(&cluster, &meta, &settings, Some(record)).await?;
+        join_if_new(&cluster, &meta, &settings, Some(record.clone())).await?;
     }
     meta.wait_caught_up(START_TIMEOUT).await.context("the metadata did not catch up")?;
     let id = settings.id;
     meta.wait_for_state(START_TIMEOUT, "this node's record", |d| d.nodes().iter().any(|n| n.id == id))
         .await
         .context("this node's record did not arrive")?;
+    // A restarted node's record still names the metrics port of its last run.
+    register_node(&meta, record).await?;
     let mut config = NodeConfig::new(settings.id, settings.data_dir.clone());
     config.runner_slots = settings.runner_slots;
     config.job_lease = settings.job_lease;
+    config.metrics_addr = metrics_addr.clone();
     let node = StorageNode::start(config, meta.clone())
         .await
         .context("cannot start the storage node")?;
-    println!("wharf: node {} ready on {}", settings.id, settings.listen);
+    telemetry.add_collector(node.metrics_collector());
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = metrics_listener.map(|listener| {
+        wharf_telemetry::spawn_named("metrics-listener", crate::telemetry::serve_metrics(listener, telemetry, async move {
+            let _ = metrics_stopped.await;
+        }))
+    });
+    match &metrics_addr {
+        Some(addr) => println!("wharf: node {} ready on {} (metrics on http://{addr}/metrics)", settings.id, settings.listen),
+        None => println!("wharf: node {} ready on {}", settings.id, settings.listen),
+    }
     shutdown_signal().await;
 
     tracing::info!("shutting down");
+    let _ = stop_metrics.send(());
+    if let Some(server) = metrics_server {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "the metrics listener failed"),
+            Err(error) => tracing::warn!(%error, "the metrics listener task failed"),
+        }
+    }
     node.shutdown().await;
     meta.shutdown().await.context("cannot stop the metadata store cleanly")?;
     cluster.shutdown();
@@ -198,7 +253,9 @@ pub async fn run_front(args: ProcessArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.http))?;
     let address = listener.local_addr()?;
+    let telemetry = crate::telemetry::install()?;
     let (cluster, meta) = connect(&settings).await?;
+    wharf_telemetry::spawn_named("raft-metrics", wharf_meta::export_raft_metrics(meta.clone()));
     join_if_new(&cluster, &meta, &settings, None).await?;
     meta.wait_caught_up(START_TIMEOUT).await.context("the metadata did not catch up")?;
     meta.wait_for_state(START_TIMEOUT, "the cluster's nodes", |d| !d.nodes().is_empty())
@@ -208,9 +265,11 @@ pub async fn run_front(args: ProcessArgs) -> anyhow::Result<()> {
     let app = wharf_front::app(
         FrontConfig {
             public_url: public_url.clone(),
+            metrics_addr: Some(crate::telemetry::advertised(address, settings.listen)),
             ..FrontConfig::default()
         },
         meta.directory(),
+        telemetry,
     );
     println!("wharf: serving on {public_url}");
     axum::serve(listener, app)

@@ -2,7 +2,8 @@
 //!
 //! The same parts a cluster runs, wired locally: a metadata Raft group with this node as its
 //! only voter, a storage node whose router actor joins its process group, and the front, which
-//! finds that router through the group exactly as it would find a remote one.
+//! finds that router through the group exactly as it would find a remote one. `/metrics` on
+//! the one HTTP port has all of their metrics.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,16 +31,20 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
+    let telemetry = crate::telemetry::install()?;
 
     let meta = Meta::open(&data_dir.join("meta"), DEV_NODE, address.to_string(), MetaConfig::default(), None)
         .await
         .context("cannot open the metadata store")?;
     meta.bootstrap_single().await.context("cannot start the metadata Raft group")?;
+    wharf_telemetry::spawn_named("raft-metrics", wharf_meta::export_raft_metrics(meta.clone()));
+    // One process, one HTTP port: `/metrics` there has the node's and the front's metrics.
     let record = NodeRecord {
         id: DEV_NODE,
         addr: address.to_string(),
         state: NodeState::Active,
         weight: 100,
+        metrics_addr: Some(address.to_string()),
     };
     register_node(&meta, record).await?;
     let token = admin_token(&meta, &data_dir).await?;
@@ -47,16 +52,20 @@ pub async fn run(
     let mut node_config = NodeConfig::new(DEV_NODE, data_dir.clone());
     node_config.actor_idle_timeout = actor_idle_timeout;
     node_config.runner_slots = runner_slots;
+    node_config.metrics_addr = Some(address.to_string());
     let node = StorageNode::start(node_config, meta.clone())
         .await
         .context("cannot start the storage node")?;
+    telemetry.add_collector(node.metrics_collector());
     let public_url = format!("http://{address}");
     let app = wharf_front::app(
         FrontConfig {
             public_url: public_url.clone(),
+            metrics_addr: Some(address.to_string()),
             ..FrontConfig::default()
         },
         meta.directory(),
+        telemetry,
     );
 
     println!("wharf: serving on {public_url}");

@@ -11,6 +11,7 @@ mod deploy_client;
 mod client;
 mod cluster;
 mod dev;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,8 +21,19 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "wharf", version, about = "Git hosting on actors, with Raft metadata")]
 struct Cli {
+    /// How log lines are written to standard error: `text` for people, `json` (one object a
+    /// line, with the fields of the spans it is in, such as `request_id`) for log collectors.
+    #[arg(long, global = true, value_enum, env = "WHARF_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// See [`Cli::log_format`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -111,13 +123,18 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
-        .init();
+        // Colours only for a person at a terminal: escape codes garble a log file or collector.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

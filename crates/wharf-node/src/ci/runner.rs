@@ -39,6 +39,8 @@ pub(crate) enum Stop {
 /// This node's runner slots and the jobs running in them.
 pub(crate) struct Runner {
     slots: Arc<Semaphore>,
+    /// How many slots there are.
+    total: usize,
     /// A stop signal for each job running here, by job id.
     running: Mutex<HashMap<u64, watch::Sender<Option<Stop>>>>,
     /// One lock per repository mirror, so two jobs never fetch into one at once.
@@ -50,6 +52,7 @@ impl Runner {
         Runner {
             // Zero slots is allowed: a node that stores repositories but runs no jobs.
             slots: Arc::new(Semaphore::new(slots)),
+            total: slots,
             running: Mutex::new(HashMap::new()),
             mirrors: Mutex::new(HashMap::new()),
         }
@@ -79,6 +82,11 @@ impl Runner {
         }
     }
 
+    /// Slots in all, and slots running a job now.
+    pub fn slots(&self) -> (usize, usize) {
+        (self.total, self.total.saturating_sub(self.slots.available_permits()))
+    }
+
     /// Stops every job running here (the node is shutting down).
     pub fn stop_all(&self) {
         for sender in self.lock_running().values() {
@@ -104,14 +112,14 @@ impl Runner {
 /// Starts the runner loops of `node` under its [`crate::background::Background`].
 pub(crate) fn spawn_runner(node: &Arc<NodeContext>) {
     let weak = Arc::downgrade(node);
-    node.background.spawn_loop("ci.claimer", weak.clone(), Wake::OnChange(CLAIM_AT_LEAST_EVERY), |node| async move {
+    node.background.spawn_loop("runner-claim", weak.clone(), Wake::OnChange(CLAIM_AT_LEAST_EVERY), |node| async move {
         claim_queued(&node).await;
         watch_running(&node);
     });
-    node.background.spawn_loop("ci.lease_expiry", weak.clone(), Wake::Every(EXPIRY_CHECK), |node| async move {
+    node.background.spawn_loop("runner-lease-expiry", weak.clone(), Wake::Every(EXPIRY_CHECK), |node| async move {
         expire_leases(&node).await;
     });
-    node.background.spawn_loop("ci.artifact_sweeper", weak, Wake::Every(super::files::SWEEP_PERIOD), |node| async move {
+    node.background.spawn_loop("artifact-sweeper", weak, Wake::Every(super::files::SWEEP_PERIOD), |node| async move {
         super::files::sweep_expired_artifacts(&node).await;
     });
 }
@@ -134,6 +142,8 @@ async fn claim_queued(node: &Arc<NodeContext>) {
             now_ms: crate::now_ms(),
             lease_ms: node.config.job_lease.as_millis() as u64,
         };
+        // Read before the claim is applied: afterwards the record holds this attempt's lease.
+        let queued_since = crate::telemetry::queued_since(directory.as_ref(), &job);
         if super::write(node, command, "claim job").await.is_err() {
             // Another runner took it, or it was canceled meanwhile.
             continue;
@@ -145,11 +155,17 @@ async fn claim_queued(node: &Arc<NodeContext>) {
             ..job
         };
         tracing::info!(job = claimed.id, name = %claimed.name, attempt = claimed.attempt, "job claimed");
+        if let Some(since) = queued_since {
+            let waited = crate::now_ms().saturating_sub(since);
+            metrics::histogram!("wharf_ci_job_queue_wait_seconds").record(waited as f64 / 1000.0);
+        }
         let stop = node.runner.track(claimed.id);
         let lease = tokio::spawn(keep_lease(node.clone(), claimed.clone()));
         let node = node.clone();
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             super::job::run(&node, &claimed, stop).await;
+            metrics::histogram!("wharf_ci_job_run_seconds").record(started.elapsed().as_secs_f64());
             lease.abort();
             node.runner.untrack(claimed.id);
             drop(permit);

@@ -41,7 +41,7 @@ impl Controllers {
 /// Starts the loop that takes deployments under the node's
 /// [`crate::background::Background`]: at once when the records change, every [`TICK`] at least.
 pub(crate) fn spawn_controllers(node: &Arc<NodeContext>) {
-    node.background.spawn_loop("deploy.controllers", Arc::downgrade(node), Wake::OnChange(TICK), |node| async move {
+    node.background.spawn_loop("deployment-controllers", Arc::downgrade(node), Wake::OnChange(TICK), |node| async move {
         take_deployments(&node).await;
         if node.meta.status().leader == Some(node.config.id.0) {
             repair_environments(&node).await;

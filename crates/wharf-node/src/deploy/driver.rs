@@ -75,7 +75,7 @@ impl Driver {
 /// Starts the driver of `node` under its [`crate::background::Background`]: it reconciles at
 /// once when the records change, every [`RECONCILE`] at least.
 pub(crate) fn spawn_driver(node: &Arc<NodeContext>) {
-    node.background.spawn_loop("deploy.driver", Arc::downgrade(node), Wake::OnChange(RECONCILE), |node| async move {
+    node.background.spawn_loop("instance-driver", Arc::downgrade(node), Wake::OnChange(RECONCILE), |node| async move {
         reconcile(&node).await;
     });
 }
