@@ -171,7 +171,7 @@ fn pipelines(range: std::ops::Range<u64>) -> Vec<Command> {
 async fn write_all(meta: &Meta, commands: Vec<Command>) {
     use futures::StreamExt;
     futures::stream::iter(commands)
-        .map(|command| async move { meta.write(command).await.expect("write").expect("accepted") })
+        .map(|command| async move { meta.write(command).await.expect("write accepted") })
         .buffer_unordered(IN_FLIGHT)
         .for_each(|_| async {})
         .await;

@@ -127,11 +127,7 @@ async fn handle_join(meta: &Meta, request: &JoinRequest) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     if let Some(record) = &request.storage {
-        match meta.write(Command::AddNode { record: record.clone() }).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => return Err(error.to_string()),
-            Err(error) => return Err(error.to_string()),
-        }
+        meta.write(Command::AddNode { record: record.clone() }).await.map_err(|e| e.to_string())?;
     }
     Ok(())
 }

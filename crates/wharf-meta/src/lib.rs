@@ -157,6 +157,31 @@ pub enum MetaError {
     Timeout(String),
 }
 
+/// Why a write produced no outcome: the state machine refused the command (every replica
+/// decides so, and nothing changed), or the store could not carry it out.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The command breaks a rule (a name that is taken, a job no longer held); it was applied
+    /// as a no-op.
+    #[error(transparent)]
+    Refused(#[from] wharf_proto::ApiError),
+    /// The store failed, or no leader took the write in time: it may or may not have been
+    /// applied unless the command is idempotent.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+impl WriteError {
+    /// The error as an API caller sees it: a refusal as it is, a store failure as
+    /// [`MetaError::into_api`] says.
+    pub fn into_api(self, what: &str) -> wharf_proto::ApiError {
+        match self {
+            WriteError::Refused(error) => error,
+            WriteError::Meta(error) => error.into_api(what),
+        }
+    }
+}
+
 /// Why a leader did not take a forwarded write.
 #[derive(Serialize, serde::Deserialize)]
 enum ForwardRefusal {
@@ -410,7 +435,12 @@ impl Meta {
     ///
     /// On a member that does not lead, the command is forwarded to the leader over the
     /// transport. While no leader is known (an election), it waits up to [`WRITE_TIMEOUT`].
-    pub async fn write(&self, command: Command) -> Result<CommandResult, MetaError> {
+    pub async fn write(&self, command: Command) -> Result<CommandOutcome, WriteError> {
+        Ok(self.write_result(command).await??)
+    }
+
+    /// [`Meta::write`], with the state machine's answer apart from the store's failure.
+    async fn write_result(&self, command: Command) -> Result<CommandResult, MetaError> {
         let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
         loop {
             let result = match self.write_here(command.clone()).await {

@@ -25,12 +25,12 @@ async fn writes_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     {
         let meta = open(dir.path()).await;
-        let Ok(CommandOutcome::Repo(record)) = meta.write(create("acme/app")).await.unwrap() else {
+        let Ok(CommandOutcome::Repo(record)) = meta.write(create("acme/app")).await else {
             panic!("repository not created");
         };
         assert_eq!(record.id, RepoId(1));
-        let duplicate = meta.write(create("acme/app")).await.unwrap();
-        assert!(matches!(duplicate, Err(ApiError::RepoExists { .. })));
+        let duplicate = meta.write(create("acme/app")).await;
+        assert!(matches!(duplicate, Err(crate::WriteError::Refused(ApiError::RepoExists { .. }))));
         let push = Command::RecordPush {
             push_id: "n1-s1".into(),
             repo: record.id,
@@ -42,8 +42,8 @@ async fn writes_survive_a_restart() {
             pusher: "ada".into(),
             now_ms: 2,
         };
-        meta.write(push.clone()).await.unwrap().unwrap();
-        meta.write(push).await.unwrap().unwrap();
+        meta.write(push.clone()).await.unwrap();
+        meta.write(push).await.unwrap();
         let token = Command::AddToken {
             token_hash: hash_token("t0ken"),
             principal: Principal {
@@ -51,7 +51,7 @@ async fn writes_survive_a_restart() {
                 admin: true,
             },
         };
-        meta.write(token).await.unwrap().unwrap();
+        meta.write(token).await.unwrap();
         assert_eq!(meta.status().leader, Some(1));
         meta.shutdown().await.unwrap();
     }
@@ -62,7 +62,7 @@ async fn writes_survive_a_restart() {
     assert_eq!(directory.repo(&name).unwrap().id, RepoId(1));
     assert_eq!(directory.push_events(RepoId(1), 0, 10).len(), 1);
     assert_eq!(directory.authenticate("t0ken").unwrap().user, "ada");
-    let Ok(CommandOutcome::Repo(second)) = meta.write(create("acme/second")).await.unwrap() else {
+    let Ok(CommandOutcome::Repo(second)) = meta.write(create("acme/second")).await else {
         panic!("repository not created after restart");
     };
     assert_eq!(second.id, RepoId(2), "the id counter survives too");
@@ -123,7 +123,7 @@ async fn three_members_replicate_and_survive_the_loss_of_the_leader() {
     metas[0].add_member(3, "node-3".into(), true).await.unwrap();
     assert_eq!(metas[0].status().voters, [1, 2, 3]);
 
-    metas[0].write(create("acme/app")).await.unwrap().unwrap();
+    metas[0].write(create("acme/app")).await.unwrap();
     let name = RepoName::parse("acme/app").unwrap();
     for meta in &metas[1..] {
         meta.wait_for_state(Duration::from_secs(30), "the record replicates", |d| d.repo(&name).is_some())
@@ -131,7 +131,7 @@ async fn three_members_replicate_and_survive_the_loss_of_the_leader() {
             .unwrap();
     }
     // A follower's write goes through the leader.
-    metas[1].write(create("acme/other")).await.unwrap().unwrap();
+    metas[1].write(create("acme/other")).await.unwrap();
     let other = RepoName::parse("acme/other").unwrap();
     metas[2]
         .wait_for_state(Duration::from_secs(30), "the forwarded write replicates", |d| d.repo(&other).is_some())
@@ -151,7 +151,7 @@ async fn three_members_replicate_and_survive_the_loss_of_the_leader() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let leader = &metas[new_leader as usize - 1];
-    leader.write(create("acme/after")).await.unwrap().unwrap();
+    leader.write(create("acme/after")).await.unwrap();
     for meta in &metas[1..] {
         meta.shutdown().await.unwrap();
     }
@@ -183,7 +183,7 @@ async fn a_late_member_installs_the_leaders_snapshot_and_keeps_it() {
     let leader = open_member(0).await;
     leader.bootstrap_single().await.unwrap();
     for i in 0..60 {
-        leader.write(create(&format!("acme/repo-{i:02}"))).await.unwrap().unwrap();
+        leader.write(create(&format!("acme/repo-{i:02}"))).await.unwrap();
     }
     let snapshot = dirs[0].path().join("snapshots/current.snap");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -200,7 +200,7 @@ async fn a_late_member_installs_the_leaders_snapshot_and_keeps_it() {
         .unwrap();
     assert_eq!(late.directory().repos().len(), 60);
     assert!(dirs[1].path().join("snapshots/current.snap").is_file(), "the installed snapshot is kept to serve others");
-    leader.write(create("acme/after")).await.unwrap().unwrap();
+    leader.write(create("acme/after")).await.unwrap();
     let after = RepoName::parse("acme/after").unwrap();
     late.wait_for_state(Duration::from_secs(30), "a write after the snapshot replicates", |d| d.repo(&after).is_some())
         .await

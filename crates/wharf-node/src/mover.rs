@@ -213,8 +213,7 @@ pub(crate) async fn switch_owner(repo: &Arc<RepoContext>, target: NodeId) -> Res
         return Ok(());
     }
     match written {
-        Ok(Ok(_)) => Err(ApiError::internal("move", "the switch was committed but is not visible here")),
-        Ok(Err(error)) => Err(error),
+        Ok(_) => Err(ApiError::internal("move", "the switch was committed but is not visible here")),
         Err(error) => Err(error.into_api("switch the repository's owner")),
     }
 }

@@ -361,10 +361,8 @@ async fn delete(repo: &RepoContext) -> Result<NodeReply, ApiError> {
     let command = Command::DeleteRepo {
         name: repo.name.clone(),
     };
-    match repo.node.meta.write(command).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => return Err(error),
-        Err(error) => return Err(error.into_api("delete repository record")),
+    if let Err(error) = repo.node.meta.write(command).await {
+        return Err(error.into_api("delete repository record"));
     }
     let path = repo.git.path().to_owned();
     let trash: PathBuf = path.with_extension("deleted");

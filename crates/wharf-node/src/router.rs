@@ -110,8 +110,7 @@ async fn remove_member(node: &Arc<NodeContext>, member: NodeId) -> Result<NodeRe
         Err(error) => return Err(error.into_api("remove the node from the Raft group")),
     }
     match node.meta.write(Command::RemoveNode { node: member }).await {
-        Ok(Ok(_)) => Ok(NodeReply::Done),
-        Ok(Err(error)) => Err(error),
+        Ok(_) => Ok(NodeReply::Done),
         Err(error) => Err(error.into_api("remove the node's record")),
     }
 }
@@ -282,8 +281,7 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
             let node = node.clone();
             spawn_traced(async move {
                 let result = match node.meta.write(Command::SetNodeState { node: member, state }).await {
-                    Ok(Ok(_)) => Ok(NodeReply::Done),
-                    Ok(Err(error)) => Err(error),
+                    Ok(_) => Ok(NodeReply::Done),
                     Err(error) => Err(error.into_api("change a node's state")),
                 };
                 answer(reply, result)
@@ -301,11 +299,8 @@ async fn create(node: &NodeContext, name: RepoName) -> Result<NodeReply, ApiErro
         now_ms: crate::now_ms(),
     };
     let record = match node.meta.write(command).await {
-        Ok(Ok(CommandOutcome::Repo(record))) => record,
-        Ok(Ok(other)) => {
-            return Err(ApiError::internal("create repository", format!("unexpected outcome {other:?}")))
-        }
-        Ok(Err(error)) => return Err(error),
+        Ok(CommandOutcome::Repo(record)) => record,
+        Ok(other) => return Err(ApiError::internal("create repository", format!("unexpected outcome {other:?}"))),
         Err(error) => return Err(error.into_api("create repository record")),
     };
     let path = node.config.repo_path(record.id);

@@ -370,12 +370,12 @@ async fn record_or_undo(repo: &RepoContext, record: PushRecord) -> Result<(), Ap
         now_ms: crate::now_ms(),
     };
     let committed = match repo.node.meta.write(command).await {
-        Ok(Ok(_)) => {
+        Ok(_) => {
             crate::ci::on_push(repo.node.clone(), repo.id, repo.git.clone(), &updates);
             return Ok(());
         }
-        Ok(Err(error)) => error,
-        Err(error) => ApiError::Unavailable {
+        Err(wharf_meta::WriteError::Refused(error)) => error,
+        Err(wharf_meta::WriteError::Meta(error)) => ApiError::Unavailable {
             what: "metadata store".into(),
             reason: error.to_string(),
             retry_after_secs: 1,

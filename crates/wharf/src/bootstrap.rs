@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use rand::RngCore;
 use wharf_meta::{hash_token, Command, Meta};
 use wharf_proto::{NodeRecord, Principal};
@@ -22,10 +22,8 @@ pub async fn register_node(meta: &Meta, record: NodeRecord) -> anyhow::Result<()
             ..known
         },
     };
-    match meta.write(Command::AddNode { record }).await? {
-        Ok(_) => Ok(()),
-        Err(error) => bail!("cannot register the node: {error}"),
-    }
+    meta.write(Command::AddNode { record }).await.context("cannot register the node")?;
+    Ok(())
 }
 
 /// The admin token: created on first start (only its hash goes to the metadata store) and
@@ -48,9 +46,7 @@ pub async fn admin_token(meta: &Meta, data_dir: &Path) -> anyhow::Result<String>
             admin: true,
         },
     };
-    if let Err(error) = meta.write(command).await? {
-        bail!("cannot record the admin token: {error}");
-    }
+    meta.write(command).await.context("cannot record the admin token")?;
     write_private(&path, &token).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(token)
 }

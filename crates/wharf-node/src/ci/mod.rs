@@ -124,10 +124,7 @@ async fn start_pipeline(node: &NodeContext, git: &Arc<GitRepo>, trigger: Trigger
 
 /// Proposes a CI command and returns the state machine's answer.
 pub(crate) async fn write(node: &NodeContext, command: CiCommand, what: &str) -> Result<CommandOutcome, ApiError> {
-    match node.meta.write(Command::Ci(command)).await {
-        Ok(result) => result,
-        Err(error) => Err(error.into_api(what)),
-    }
+    node.meta.write(Command::Ci(command)).await.map_err(|error| error.into_api(what))
 }
 
 /// Carries out a user's change to CI state.

@@ -39,9 +39,11 @@ impl Controllers {
 }
 
 /// Starts the loop that takes deployments under the node's
-/// [`crate::background::Background`]: at once when the records change, every [`TICK`] at least.
+/// [`crate::background::Background`], every [`TICK`]. Not on every change: it reads every
+/// environment and deployment, and a burst of CI writes would run it hundreds of times a
+/// second for nothing (measured: one-node job throughput halved).
 pub(crate) fn spawn_controllers(node: &Arc<NodeContext>) {
-    node.background.spawn_loop("deployment-controllers", Arc::downgrade(node), Wake::OnChange(TICK), |node| async move {
+    node.background.spawn_loop("deployment-controllers", Arc::downgrade(node), Wake::Every(TICK), |node| async move {
         take_deployments(&node).await;
         if node.meta.status().leader == Some(node.config.id.0) {
             repair_environments(&node).await;

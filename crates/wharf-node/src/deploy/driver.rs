@@ -72,10 +72,10 @@ impl Driver {
     }
 }
 
-/// Starts the driver of `node` under its [`crate::background::Background`]: it reconciles at
-/// once when the records change, every [`RECONCILE`] at least.
+/// Starts the driver of `node` under its [`crate::background::Background`]: it reconciles every
+/// [`RECONCILE`] (not on every change, for the reason the controllers' loop gives).
 pub(crate) fn spawn_driver(node: &Arc<NodeContext>) {
-    node.background.spawn_loop("instance-driver", Arc::downgrade(node), Wake::OnChange(RECONCILE), |node| async move {
+    node.background.spawn_loop("instance-driver", Arc::downgrade(node), Wake::Every(RECONCILE), |node| async move {
         reconcile(&node).await;
     });
 }

@@ -23,10 +23,10 @@ use crate::NodeContext;
 
 /// Proposes a deploy command and returns the state machine's answer.
 pub(crate) async fn write(node: &NodeContext, command: DeployCommand) -> Result<CommandOutcome, ApiError> {
-    match node.meta.write(wharf_meta::Command::Deploy(command)).await {
-        Ok(result) => result,
-        Err(error) => Err(error.into_api("change deployments")),
-    }
+    node.meta
+        .write(wharf_meta::Command::Deploy(command))
+        .await
+        .map_err(|error| error.into_api("change deployments"))
 }
 
 /// Carries out a user's change to environments or deployments.
