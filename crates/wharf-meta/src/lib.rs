@@ -15,7 +15,7 @@
 //! Everything this crate writes (log entries, records, Raft messages between nodes, forwarded
 //! writes) is encoded with the one versioned codec of `wharf-proto`; the data directory
 //! carries its format version ([`keys::DATA_FORMAT`]), and a directory of the previous format
-//! is migrated on open ([`legacy`]).
+//! is migrated on open (the `legacy` module).
 //!
 //! This crate owns the sled database of a node (one per process: sled holds a file lock) and
 //! holds no domain rules of its own beyond the cluster's records: CI and deployment commands
