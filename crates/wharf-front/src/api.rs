@@ -283,7 +283,13 @@ async fn create_repo(State(state): State<Shared>, headers: HeaderMap, JsonBody(b
     }
     let node = placement_owner(&state, &name)?;
     match state.nodes.call(node, &NodeRequest::CreateRepo { name }).await? {
-        NodeReply::Created(record) => created(record_json(&state, &record)),
+        NodeReply::Created(record) => {
+            // Read your writes: the record was committed through the owner, and this front's
+            // copy may be a replication round behind; a client's next call (an environment for
+            // the repository, say) must find it here.
+            visible("the repository", || state.directory.repo(&record.name).filter(|r| r.id == record.id)).await?;
+            created(record_json(&state, &record))
+        }
         other => Err(unexpected(other).into()),
     }
 }
