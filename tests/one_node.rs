@@ -672,3 +672,26 @@ fn the_openapi_document_describes_routes_that_are_served() {
     }
     assert!(checked > 40, "{checked} operations checked");
 }
+
+/// A CLI whose reader goes away early (`wharf repo list | head`) ends quietly with success,
+/// not with a panic and exit 101 (issue 13, point 10).
+#[test]
+fn the_cli_ends_quietly_when_its_reader_goes_away() {
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(data.path());
+    wharf.create_repo("acme/piped");
+    let mut child = std::process::Command::new(wharf_tests::wharf_binary())
+        .args(["repo", "list"])
+        .env("WHARF_URL", &wharf.url)
+        .env("WHARF_TOKEN", &wharf.token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before the CLI has its answer to print.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "exit {:?}: {stderr}", output.status.code());
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -73,10 +73,10 @@ pub async fn pipeline(server: Server, command: PipelineCommand) -> anyhow::Resul
     match command {
         PipelineCommand::List { repo } => {
             let listed = server.send(Method::GET, &format!("/api/v1/repos/{repo}/pipelines"), None).await?;
-            println!("{:>6}  {:<9} {:<12} {:<24}", "ID", "STATUS", "SHA", "REF");
+            out!("{:>6}  {:<9} {:<12} {:<24}", "ID", "STATUS", "SHA", "REF");
             for pipeline in listed["pipelines"].as_array().into_iter().flatten() {
                 let sha = pipeline["sha"].as_str().unwrap_or("");
-                println!(
+                out!(
                     "{:>6}  {:<9} {:<12} {:<24}",
                     pipeline["id"].as_u64().unwrap_or_default(),
                     pipeline["status"].as_str().unwrap_or(""),
@@ -94,7 +94,7 @@ pub async fn pipeline(server: Server, command: PipelineCommand) -> anyhow::Resul
             let body = json!({ "branch": branch });
             let pipeline = server.send(Method::POST, &format!("/api/v1/repos/{repo}/pipelines"), Some(body)).await?;
             let id = pipeline["id"].as_u64().unwrap_or_default();
-            println!("pipeline {id} started for {branch} of {repo}");
+            out!("pipeline {id} started for {branch} of {repo}");
             if no_follow {
                 return Ok(());
             }
@@ -103,7 +103,7 @@ pub async fn pipeline(server: Server, command: PipelineCommand) -> anyhow::Resul
         PipelineCommand::Follow { id } => follow(&server, id).await,
         PipelineCommand::Cancel { id } => {
             let pipeline = server.send(Method::POST, &format!("/api/v1/pipelines/{id}/cancel"), None).await?;
-            println!("pipeline {id} is {}", pipeline["status"].as_str().unwrap_or("?"));
+            out!("pipeline {id} is {}", pipeline["status"].as_str().unwrap_or("?"));
             Ok(())
         }
     }
@@ -115,7 +115,7 @@ pub async fn job(server: Server, command: JobCommand) -> anyhow::Result<()> {
             let mut offset = 0;
             loop {
                 let (text, next, complete) = server.log_from(id, offset).await?;
-                print!("{text}");
+                out_raw!("{text}");
                 offset = next;
                 if complete || !follow {
                     return Ok(());
@@ -125,7 +125,7 @@ pub async fn job(server: Server, command: JobCommand) -> anyhow::Result<()> {
         }
         JobCommand::Retry { id } => {
             server.send(Method::POST, &format!("/api/v1/jobs/{id}/retry"), None).await?;
-            println!("job {id} queued again");
+            out!("job {id} queued again");
             Ok(())
         }
         JobCommand::Artifacts { id } => {
@@ -191,7 +191,7 @@ async fn show_job(server: &Server, job: &Value, shown: &mut Shown) -> anyhow::Re
     }
     if status != shown.status {
         let node = job["node"].as_u64().map(|n| format!(" on node {n}")).unwrap_or_default();
-        println!("==> {name}: {status}{node}");
+        out!("==> {name}: {status}{node}");
         shown.status = status;
     }
     if job["node"].is_null() {
@@ -206,7 +206,7 @@ async fn show_job(server: &Server, job: &Value, shown: &mut Shown) -> anyhow::Re
     // Only whole lines, so that two jobs' output never mixes within a line.
     let whole = if complete { text.len() } else { text.rfind('\n').map_or(0, |at| at + 1) };
     for line in text[..whole].lines() {
-        println!("{name:>12} | {line}");
+        out!("{name:>12} | {line}");
     }
     shown.offset += whole as u64;
     shown.complete = complete && whole == text.len() && next == shown.offset;
@@ -214,14 +214,14 @@ async fn show_job(server: &Server, job: &Value, shown: &mut Shown) -> anyhow::Re
 }
 
 fn summary(pipeline: &Value, jobs: &[Value]) -> anyhow::Result<()> {
-    println!();
-    println!("{:<16} {:<10} {:<10} {:>5} {:>9} {:>16} {:>9}", "JOB", "STAGE", "STATUS", "NODE", "SECONDS", "TESTS P/F/S", "COVERAGE");
+    out!();
+    out!("{:<16} {:<10} {:<10} {:>5} {:>9} {:>16} {:>9}", "JOB", "STAGE", "STATUS", "NODE", "SECONDS", "TESTS P/F/S", "COVERAGE");
     for job in jobs {
         let seconds = job["duration_ms"].as_u64().map(|ms| format!("{:.1}", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into());
         let tests = &job["tests"];
         let tests = if tests.is_null() { "-".to_owned() } else { format!("{}/{}/{}", tests["passed"], tests["failed"], tests["skipped"]) };
         let coverage = job["coverage"].as_f64().map(|c| format!("{c:.2}%")).unwrap_or_else(|| "-".into());
-        println!(
+        out!(
             "{:<16} {:<10} {:<10} {:>5} {:>9} {:>16} {:>9}",
             job["name"].as_str().unwrap_or(""),
             job["stage"].as_str().unwrap_or(""),
@@ -233,7 +233,7 @@ fn summary(pipeline: &Value, jobs: &[Value]) -> anyhow::Result<()> {
         );
     }
     let status = pipeline["status"].as_str().unwrap_or("?");
-    println!("pipeline {} {status}", pipeline["id"]);
+    out!("pipeline {} {status}", pipeline["id"]);
     if status != "passed" {
         bail!("pipeline {} {status}", pipeline["id"]);
     }

@@ -137,7 +137,7 @@ pub async fn branch(server: Server, command: BranchCommand) -> anyhow::Result<()
 
 pub(crate) fn print(value: &Value) {
     if !value.is_null() {
-        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
     }
 }
 
@@ -181,7 +181,7 @@ pub async fn cluster(server: Server, command: ClusterCommand) -> anyhow::Result<
         }
         ClusterCommand::Leave { node } => {
             server.send(Method::DELETE, &format!("/api/v1/cluster/nodes/{node}"), None).await?;
-            println!("node {node} has left the cluster; its process can be stopped");
+            out!("node {node} has left the cluster; its process can be stopped");
         }
         ClusterCommand::Wait { timeout } => {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
@@ -193,10 +193,10 @@ pub async fn cluster(server: Server, command: ClusterCommand) -> anyhow::Result<
                 let unreachable = nodes.iter().filter(|n| n["reachable"] != true).count();
                 let misplaced = status["misplaced"].as_u64().unwrap_or(0);
                 if unreachable == 0 && misplaced == 0 {
-                    println!("cluster healthy and balanced: {} nodes", nodes.len());
+                    out!("cluster healthy and balanced: {} nodes", nodes.len());
                     return Ok(());
                 }
-                println!("waiting: {unreachable} nodes unreachable, {misplaced} repositories to move");
+                out!("waiting: {unreachable} nodes unreachable, {misplaced} repositories to move");
                 if std::time::Instant::now() > deadline {
                     bail!("the cluster is not healthy and balanced after {timeout} s");
                 }
@@ -205,12 +205,12 @@ pub async fn cluster(server: Server, command: ClusterCommand) -> anyhow::Result<
         }
         ClusterCommand::Undrain { node } => {
             server.send(Method::POST, &format!("/api/v1/cluster/nodes/{node}/undrain"), None).await?;
-            println!("node {node} is active again; the rebalancer moves its share back to it");
+            out!("node {node} is active again; the rebalancer moves its share back to it");
         }
         ClusterCommand::Drain { node, no_wait } => {
             server.send(Method::POST, &format!("/api/v1/cluster/nodes/{node}/drain"), None).await?;
             if no_wait {
-                println!("node {node} is draining");
+                out!("node {node} is draining");
                 return Ok(());
             }
             let mut total = None;
@@ -223,7 +223,7 @@ pub async fn cluster(server: Server, command: ClusterCommand) -> anyhow::Result<
                 let left = entry["repos"].as_u64().unwrap_or(0);
                 let total = *total.get_or_insert(left.max(1));
                 let moved = total.saturating_sub(left);
-                println!("draining node {node}: {moved} of {total} repositories moved ({}%), state {}", moved * 100 / total, entry["state"]);
+                out!("draining node {node}: {moved} of {total} repositories moved ({}%), state {}", moved * 100 / total, entry["state"]);
                 if entry["state"] == "drained" {
                     return Ok(());
                 }
@@ -235,15 +235,15 @@ pub async fn cluster(server: Server, command: ClusterCommand) -> anyhow::Result<
 }
 
 fn print_status(status: &Value) {
-    println!(
+    out!(
         "balanced: {} ({} repositories to move)",
         if status["balanced"] == true { "yes" } else { "no" },
         status["misplaced"]
     );
-    println!("{:>4}  {:<22} {:<9} {:<9} {:>6} {:>7} {:>8}", "ID", "ADDRESS", "STATE", "RAFT", "REPOS", "ACTORS", "SESSIONS");
+    out!("{:>4}  {:<22} {:<9} {:<9} {:>6} {:>7} {:>8}", "ID", "ADDRESS", "STATE", "RAFT", "REPOS", "ACTORS", "SESSIONS");
     for node in status["nodes"].as_array().into_iter().flatten() {
         let show = |v: &Value| v.as_u64().map(|n| n.to_string()).unwrap_or_else(|| "-".into());
-        println!(
+        out!(
             "{:>4}  {:<22} {:<9} {:<9} {:>6} {:>7} {:>8}",
             node["id"],
             node["addr"].as_str().unwrap_or(""),
@@ -255,6 +255,6 @@ fn print_status(status: &Value) {
         );
     }
     for other in status["other_members"].as_array().into_iter().flatten() {
-        println!("{:>4}  {:<22} {:<9} {:<9}", other["id"], "(front)", "-", other["raft_role"].as_str().unwrap_or(""));
+        out!("{:>4}  {:<22} {:<9} {:<9}", other["id"], "(front)", "-", other["raft_role"].as_str().unwrap_or(""));
     }
 }

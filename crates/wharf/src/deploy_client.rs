@@ -80,9 +80,9 @@ pub async fn env(server: Server, command: EnvCommand) -> anyhow::Result<()> {
                 None => "/api/v1/environments".into(),
             };
             let listed = server.send(Method::GET, &path, None).await?;
-            println!("{:>5}  {:<24} {:<14} {:>8} {:>9} {:>9}", "ID", "PROJECT", "NAME", "REVISION", "INSTANCES", "PROTECTED");
+            out!("{:>5}  {:<24} {:<14} {:>8} {:>9} {:>9}", "ID", "PROJECT", "NAME", "REVISION", "INSTANCES", "PROTECTED");
             for env in listed["environments"].as_array().into_iter().flatten() {
-                println!(
+                out!(
                     "{:>5}  {:<24} {:<14} {:>8} {:>9} {:>9}",
                     env["id"].as_u64().unwrap_or_default(),
                     env["project"].as_str().unwrap_or(""),
@@ -98,7 +98,7 @@ pub async fn env(server: Server, command: EnvCommand) -> anyhow::Result<()> {
         EnvCommand::Rollback { id, revision, no_follow } => {
             let started = server.send(Method::POST, &format!("/api/v1/environments/{id}/rollback"), Some(json!({"revision": revision}))).await?;
             let deployment = started["deployment_id"].as_u64().unwrap_or_default();
-            println!("deployment {deployment}: rolling back environment {id} to revision {revision}");
+            out!("deployment {deployment}: rolling back environment {id} to revision {revision}");
             if !no_follow {
                 follow(&server, deployment).await?;
             }
@@ -113,7 +113,7 @@ pub async fn deployment(server: Server, command: DeploymentCommand) -> anyhow::R
             let body = json!({"repo_url": repo, "branch_name": branch, "env_id": env});
             let started = server.send(Method::POST, "/api/v1/deployments", Some(body)).await?;
             let id = started["deployment_id"].as_u64().unwrap_or_default();
-            println!("deployment {id}: {branch} of {repo} to environment {env}");
+            out!("deployment {id}: {branch} of {repo} to environment {env}");
             if !no_follow {
                 follow(&server, id).await?;
             }
@@ -148,7 +148,7 @@ async fn follow(server: &Server, id: u64) -> anyhow::Result<()> {
     loop {
         let events = deployment["events"].as_array().cloned().unwrap_or_default();
         for event in events.iter().skip(shown_events) {
-            println!("  {}", event["message"].as_str().unwrap_or(""));
+            out!("  {}", event["message"].as_str().unwrap_or(""));
         }
         shown_events = events.len();
         let status = deployment["status"].as_str().unwrap_or("?").to_owned();
@@ -160,7 +160,7 @@ async fn follow(server: &Server, id: u64) -> anyhow::Result<()> {
             deployment["details"].as_str().unwrap_or("")
         );
         if line != last_line {
-            println!("{line}");
+            out!("{line}");
             last_line = line;
         }
         match status.as_str() {

@@ -6,6 +6,8 @@
 //! - `wharf repo …` and `wharf branch …` are a small client of the HTTP API.
 
 mod bootstrap;
+#[macro_use]
+mod output;
 mod ci_client;
 mod deploy_client;
 mod client;
