@@ -60,6 +60,10 @@ pub struct ProcessArgs {
     /// Seconds a node's runner holds a job without renewing its lease.
     #[arg(long, env = "WHARF_JOB_LEASE_SECS")]
     job_lease_secs: Option<u64>,
+    /// MiB of memory sled may use to cache the metadata (default 32): more keeps more of a
+    /// large metadata set in memory, less reads the disk more often.
+    #[arg(long, env = "WHARF_META_CACHE_MIB")]
+    meta_cache_mib: Option<u64>,
     /// Where a storage node serves `/metrics` (`host:port`, port 0 for a free port), or `off`.
     /// Default: the host of `listen`, port 0. The address is recorded in the node's record,
     /// where the front's `/api/v1/cluster/metrics-targets` finds it; an address bound to every
@@ -80,6 +84,7 @@ struct Settings {
     http: SocketAddr,
     runner_slots: usize,
     job_lease: Duration,
+    meta_cache_bytes: u64,
     /// `None`: no metrics listener.
     metrics_http: Option<SocketAddr>,
 }
@@ -117,6 +122,7 @@ impl ProcessArgs {
             http: self.http.or(file.http).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             runner_slots: self.runner_slots.or(file.runner_slots).unwrap_or(wharf_node::DEFAULT_RUNNER_SLOTS),
             job_lease: Duration::from_secs(self.job_lease_secs.or(file.job_lease_secs).unwrap_or(10).max(1)),
+            meta_cache_bytes: self.meta_cache_mib.or(file.meta_cache_mib).map_or(MetaConfig::default().cache_bytes, |mib| mib.max(1) << 20),
             metrics_http,
         })
     }
@@ -131,7 +137,10 @@ async fn connect(settings: &Settings) -> anyhow::Result<(Cluster, Meta)> {
         &settings.data_dir.join("meta"),
         settings.id,
         settings.listen.to_string(),
-        MetaConfig::default(),
+        MetaConfig {
+            cache_bytes: settings.meta_cache_bytes,
+            ..MetaConfig::default()
+        },
         Some(cluster.transport()),
     )
     .await

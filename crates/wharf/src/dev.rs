@@ -25,6 +25,7 @@ pub async fn run(
     listen: SocketAddr,
     actor_idle_timeout: std::time::Duration,
     runner_slots: usize,
+    meta_config: MetaConfig,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -33,7 +34,7 @@ pub async fn run(
     let address = listener.local_addr()?;
     let telemetry = crate::telemetry::install()?;
 
-    let meta = Meta::open(&data_dir.join("meta"), DEV_NODE, address.to_string(), MetaConfig::default(), None)
+    let meta = Meta::open(&data_dir.join("meta"), DEV_NODE, address.to_string(), meta_config, None)
         .await
         .context("cannot open the metadata store")?;
     meta.bootstrap_single().await.context("cannot start the metadata Raft group")?;

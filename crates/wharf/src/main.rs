@@ -54,6 +54,9 @@ enum Command {
         /// CI jobs that run at once.
         #[arg(long, env = "WHARF_RUNNER_SLOTS", default_value_t = wharf_node::DEFAULT_RUNNER_SLOTS)]
         runner_slots: usize,
+        /// MiB of memory sled may use to cache the metadata.
+        #[arg(long, env = "WHARF_META_CACHE_MIB", default_value_t = 32)]
+        meta_cache_mib: u64,
     },
     /// Run a storage node of a cluster (the first one starts the cluster; others --join it).
     Node {
@@ -151,7 +154,14 @@ fn main() -> std::process::ExitCode {
                 listen,
                 actor_idle_secs,
                 runner_slots,
-            } => dev::run(data_dir, listen, std::time::Duration::from_secs(actor_idle_secs), runner_slots).await,
+                meta_cache_mib,
+            } => {
+                let meta = wharf_meta::MetaConfig {
+                    cache_bytes: meta_cache_mib.max(1) << 20,
+                    ..wharf_meta::MetaConfig::default()
+                };
+                dev::run(data_dir, listen, std::time::Duration::from_secs(actor_idle_secs), runner_slots, meta).await
+            }
             Command::Node { args } => cluster::run_node(args).await,
             Command::Front { args } => cluster::run_front(args).await,
             Command::Repo { server, command } => client::repo(server, command).await,
