@@ -6,7 +6,7 @@
 //! [`wharf_ci::state::keys`], deployments' in [`wharf_deploy::keys`]. Snapshots carry the
 //! record spaces only. A prefix, once used, is never given to another kind of record.
 
-use openraft::{BasicNode, LogId, SnapshotMeta, StoredMembership};
+use openraft::{BasicNode, LogId, StoredMembership};
 use wharf_proto::store::KeySpace;
 use wharf_proto::{NodeRecord, Principal, PushEvent, RepoRecord};
 
@@ -21,8 +21,8 @@ pub const FORMAT: KeySpace<u8, u32> = KeySpace::new(0x00, "system.format");
 pub const APPLIED: KeySpace<u8, Option<LogId<u64>>> = KeySpace::new(0x01, "system.applied");
 /// The last membership applied.
 pub const MEMBERSHIP: KeySpace<u8, StoredMembership<u64, BasicNode>> = KeySpace::new(0x02, "system.membership");
-/// The current snapshot's metadata (its data is a file beside the database).
-pub const SNAPSHOT: KeySpace<u8, SnapshotMeta<u64, BasicNode>> = KeySpace::new(0x03, "system.snapshot");
+// 0x03 held the current snapshot's metadata while format 1 was being written; it now lives in
+// the snapshot file's header. Not to be reused.
 /// Present while a snapshot from the leader is being installed.
 pub const INSTALLING: KeySpace<u8, u64> = KeySpace::new(0x04, "system.installing");
 
@@ -52,7 +52,6 @@ pub fn all() -> Vec<(u8, &'static str)> {
         (FORMAT.prefix, FORMAT.name),
         (APPLIED.prefix, APPLIED.name),
         (MEMBERSHIP.prefix, MEMBERSHIP.name),
-        (SNAPSHOT.prefix, SNAPSHOT.name),
         (INSTALLING.prefix, INSTALLING.name),
     ];
     let cluster = [

@@ -6,9 +6,11 @@
 //!   and membership in one atomic sled batch. A reader (the directory) sees all of a call's
 //!   commands or none. Nothing is kept in memory: a restarted node reads from disk, through
 //!   sled's cache, whose size is bounded by [`crate::MetaConfig::cache_bytes`].
-//! - **Snapshots.** A snapshot is a file in `snapshots/` beside the database: a header, then
-//!   every record key space entry as length-prefixed key and value, written by iterating the
-//!   tree. It is cut while applying waits (openraft asks for the builder on the state
+//! - **Snapshots.** A snapshot is a file in `snapshots/` beside the database: a header with
+//!   its metadata (last log id, membership), then every record key space entry as
+//!   length-prefixed key and value, written by iterating the tree. The metadata travels inside
+//!   the file, so an atomic rename makes a new snapshot current whole: a crash can never pair
+//!   one snapshot's metadata with another's data. It is cut while applying waits (openraft asks for the builder on the state
 //!   machine's own task), so it matches its log id exactly; openraft streams it to a follower
 //!   in chunks. Installing one replaces the record spaces; an install cut short by a crash
 //!   is detected at the next start, which refuses to serve a half-installed state.
@@ -23,7 +25,9 @@ use openraft::{
 };
 use wharf_proto::store::RecordsMut;
 
-use crate::keys::{APPLIED, FIRST_RECORD_PREFIX, INSTALLING, MEMBERSHIP, SNAPSHOT};
+use wharf_proto::codec;
+
+use crate::keys::{APPLIED, FIRST_RECORD_PREFIX, INSTALLING, MEMBERSHIP};
 use crate::records::{CommandOutcome, CommandResult};
 use crate::store::{ApplyBatch, TreeRecords};
 use crate::TypeConfig;
@@ -82,6 +86,7 @@ impl StateMachineStore {
             let mut out = BufWriter::new(std::fs::File::create(&partial)?);
             out.write_all(SNAPSHOT_MAGIC)?;
             out.write_all(&[SNAPSHOT_FORMAT])?;
+            write_chunk(&mut out, &codec::encode(meta).map_err(std::io::Error::other)?)?;
             for entry in self.tree().range(vec![FIRST_RECORD_PREFIX]..) {
                 let (key, value) = entry.map_err(std::io::Error::other)?;
                 write_chunk(&mut out, &key)?;
@@ -90,8 +95,8 @@ impl StateMachineStore {
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
         std::fs::rename(&partial, self.current_path())?;
-        let mut records = self.records.clone();
-        SNAPSHOT.put(&mut records, &0, meta);
+        // The log up to this snapshot may be purged next: the records it covers must be on
+        // disk first (applying does not flush; the log's own flushes usually have).
         self.db.flush().map_err(std::io::Error::other)?;
         Ok(())
     }
@@ -113,11 +118,11 @@ impl StateMachineStore {
             }
         }
         let mut input = BufReader::new(std::fs::File::open(path)?);
-        let mut header = [0u8; 9];
-        input.read_exact(&mut header)?;
-        if &header[..8] != SNAPSHOT_MAGIC || header[8] != SNAPSHOT_FORMAT {
+        let written_for = read_header(&mut input)?;
+        if written_for.last_log_id != meta.last_log_id {
             return Err(std::io::Error::other(format!(
-                "not a Wharf snapshot of format {SNAPSHOT_FORMAT} (header {header:02x?}): is the leader a newer Wharf?"
+                "the snapshot file is of {:?}, not of {:?}",
+                written_for.last_log_id, meta.last_log_id
             )));
         }
         while let Some(key) = read_chunk(&mut input)? {
@@ -135,7 +140,6 @@ impl StateMachineStore {
         tree.apply_batch(batch).map_err(std::io::Error::other)?;
         APPLIED.put(&mut records, &0, &meta.last_log_id);
         MEMBERSHIP.put(&mut records, &0, &meta.last_membership);
-        SNAPSHOT.put(&mut records, &0, meta);
         if path != self.current_path() {
             std::fs::rename(path, self.current_path())?;
         }
@@ -145,10 +149,14 @@ impl StateMachineStore {
     }
 
     async fn open_current(&self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let Some(meta) = SNAPSHOT.get(&self.records, &0) else {
-            return Ok(None);
+        let path = self.current_path();
+        let meta = match std::fs::File::open(&path) {
+            Ok(file) => read_header(&mut BufReader::new(file)).map_err(snapshot_error)?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(snapshot_error(error)),
         };
-        let file = tokio::fs::File::open(self.current_path()).await.map_err(snapshot_error)?;
+        // The whole file, header included, is what a follower receives and keeps.
+        let file = tokio::fs::File::open(&path).await.map_err(snapshot_error)?;
         Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(file),
@@ -170,6 +178,19 @@ impl RecordsMut for TreeRecords {
             tracing::error!(%error, "writing the metadata state");
         }
     }
+}
+
+/// Reads a snapshot file's header and returns the metadata it was written for.
+fn read_header(input: &mut impl Read) -> std::io::Result<SnapshotMeta<u64, BasicNode>> {
+    let mut magic = [0u8; 9];
+    input.read_exact(&mut magic)?;
+    if &magic[..8] != SNAPSHOT_MAGIC || magic[8] != SNAPSHOT_FORMAT {
+        return Err(std::io::Error::other(format!(
+            "not a Wharf snapshot of format {SNAPSHOT_FORMAT} (header {magic:02x?}): is the leader a newer Wharf?"
+        )));
+    }
+    let meta = read_chunk(input)?.ok_or_else(|| std::io::Error::other("snapshot ends in its header"))?;
+    codec::decode(&meta).map_err(std::io::Error::other)
 }
 
 fn write_chunk(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
