@@ -71,6 +71,7 @@ fn tree_range(
 
 /// Writes not yet in the tree: `None` removes the key.
 type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+type OverlayEntry = (Vec<u8>, Option<Vec<u8>>);
 
 /// What one call of the state machine's `apply` writes: reads see the tree with every write
 /// made so far on top. The writes of a command that is refused are dropped
@@ -156,7 +157,7 @@ impl Records for ApplyBatch<'_> {
 
     fn range(&self, start: &[u8], end: Option<&[u8]>, order: Order, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
         let overlay = self.overlay_range(start, end);
-        let mut overlay: Box<dyn Iterator<Item = (Vec<u8>, Option<Vec<u8>>)>> = match order {
+        let mut overlay: Box<dyn Iterator<Item = OverlayEntry>> = match order {
             Order::Ascending => Box::new(overlay.into_iter()),
             Order::Descending => Box::new(overlay.into_iter().rev()),
         };

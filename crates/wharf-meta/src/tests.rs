@@ -215,13 +215,17 @@ async fn a_late_member_installs_the_leaders_snapshot_and_keeps_it() {
     leader.shutdown().await.unwrap();
 }
 
+/// A golden value: its file name, its bytes as encoded now, and a check that stored bytes
+/// decode to the same value.
+type Golden = (&'static str, Vec<u8>, Box<dyn Fn(&[u8]) -> bool>);
+
 /// Values as this format writes them, one per kind of thing that crosses a process or lands
 /// on disk. The checked-in `golden/*.bin` files hold their bytes: a change that alters the
 /// encoding of a stored or sent value fails here, and must come with a new format version and
 /// a migration. `WHARF_BLESS=1` writes the files for a new format.
-fn golden_values() -> Vec<(&'static str, Vec<u8>, Box<dyn Fn(&[u8]) -> bool>)> {
+fn golden_values() -> Vec<Golden> {
     use wharf_proto::codec::{decode, encode};
-    fn entry<T>(name: &'static str, value: T) -> (&'static str, Vec<u8>, Box<dyn Fn(&[u8]) -> bool>)
+    fn entry<T>(name: &'static str, value: T) -> Golden
     where
         T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + 'static,
     {

@@ -145,8 +145,12 @@ pub struct KeySpace<K, V> {
     pub prefix: u8,
     /// Its name, for errors and the list of key spaces.
     pub name: &'static str,
-    types: PhantomData<fn(K, V) -> (K, V)>,
+    types: Types<K, V>,
 }
+
+/// Marks the key and value types without owning either (so a key space is `Send`, `Sync` and
+/// usable in a `const`).
+type Types<K, V> = PhantomData<fn(K, V) -> (K, V)>;
 
 impl<K: Key, V: Serialize + DeserializeOwned> KeySpace<K, V> {
     /// Declares a key space.
