@@ -23,7 +23,6 @@ use openraft::{
     AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
     StoredMembership,
 };
-use wharf_proto::store::RecordsMut;
 
 use wharf_proto::codec;
 
@@ -161,22 +160,6 @@ impl StateMachineStore {
             meta,
             snapshot: Box::new(file),
         }))
-    }
-}
-
-/// The tree as a [`RecordsMut`] that writes straight through: for the system keys, which
-/// are written outside an apply batch.
-impl RecordsMut for TreeRecords {
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        if let Err(error) = self.tree.insert(key, value) {
-            tracing::error!(%error, "writing the metadata state");
-        }
-    }
-
-    fn remove(&mut self, key: &[u8]) {
-        if let Err(error) = self.tree.remove(key) {
-            tracing::error!(%error, "writing the metadata state");
-        }
     }
 }
 

@@ -52,6 +52,22 @@ impl Records for TreeRecords {
     }
 }
 
+/// The tree as a [`RecordsMut`] that writes straight through: for the system keys, which
+/// are written outside an apply batch.
+impl RecordsMut for TreeRecords {
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        if let Err(error) = self.tree.insert(key, value) {
+            tracing::error!(%error, "writing the metadata state");
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if let Err(error) = self.tree.remove(key) {
+            tracing::error!(%error, "writing the metadata state");
+        }
+    }
+}
+
 type Entry = (Vec<u8>, Vec<u8>);
 
 fn tree_range(
