@@ -433,3 +433,60 @@ pub fn files_under(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     walk(root, root, &mut out);
     out
 }
+
+/// A directory that jobs share with the test (through `--sandbox-volume`), where they leave
+/// marks and the test answers: writable by the sandbox user, as a volume must be.
+pub fn marks_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let marks = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(marks.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    marks
+}
+
+/// Whether a process whose command line contains `needle` runs on this machine (a sandboxed
+/// job's processes have other ids in their own PID namespace, so they are found by name).
+pub fn process_running(needle: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    entries.flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmdline| {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            text.contains(needle)
+        })
+    })
+}
+
+/// Commits `files` in a new repository and pushes them to `repo`; returns the commit.
+pub fn push(wharf: &Wharf, repo: &str, files: &[(&str, &str)]) -> String {
+    let work = tempfile::tempdir().unwrap();
+    for (path, content) in files {
+        let path = work.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    git_ok(work.path(), &["init", "-q"]);
+    git_ok(work.path(), &["add", "."]);
+    git_ok(work.path(), &["commit", "-qm", "pipeline"]);
+    git_ok(work.path(), &["push", "-q", &wharf.push_url(repo), "main"]);
+    git_ok(work.path(), &["rev-parse", "HEAD"]).trim().to_owned()
+}
+
+/// Waits for the repository's first pipeline to finish and returns it with its jobs.
+pub fn finished_pipeline(wharf: &Wharf, repo: &str) -> Value {
+    let mut id = None;
+    wait_until("a pipeline is created", Duration::from_secs(30), || {
+        id = wharf.get(&format!("/api/v1/repos/{repo}/pipelines")).json["pipelines"][0]["id"].as_u64();
+        id.is_some()
+    });
+    let id = id.unwrap();
+    let mut pipeline = Value::Null;
+    wait_until("the pipeline finishes", Duration::from_secs(120), || {
+        pipeline = wharf.get(&format!("/api/v1/pipelines/{id}")).json;
+        !matches!(pipeline["status"].as_str(), Some("queued" | "running"))
+    });
+    pipeline
+}
+
+/// The job `name` of a pipeline as the API shows it.
+pub fn job<'a>(pipeline: &'a Value, name: &str) -> &'a Value {
+    pipeline["jobs"].as_array().unwrap().iter().find(|j| j["name"] == name).unwrap()
+}

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use wharf_tests::{git_ok, wait_until, Wharf};
+use wharf_tests::{finished_pipeline, job, marks_dir, process_running, push, wait_until, Wharf};
 
 const PIPELINE: &str = r#"stages: [build, test, deploy]
 variables:
@@ -38,40 +38,6 @@ test -n "$WHARF_COMMIT_SHA" || exit 1
 echo "running unit tests at $WHARF_COMMIT_SHA"
 echo "Coverage: 87.50%"
 "#;
-
-fn push(wharf: &Wharf, repo: &str, files: &[(&str, &str)]) -> String {
-    let work = tempfile::tempdir().unwrap();
-    for (path, content) in files {
-        let path = work.path().join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, content).unwrap();
-    }
-    git_ok(work.path(), &["init", "-q"]);
-    git_ok(work.path(), &["add", "."]);
-    git_ok(work.path(), &["commit", "-qm", "pipeline"]);
-    git_ok(work.path(), &["push", "-q", &wharf.push_url(repo), "main"]);
-    git_ok(work.path(), &["rev-parse", "HEAD"]).trim().to_owned()
-}
-
-/// Waits for the repository's first pipeline to finish and returns it with its jobs.
-fn finished_pipeline(wharf: &Wharf, repo: &str) -> Value {
-    let mut id = None;
-    wait_until("a pipeline is created", Duration::from_secs(30), || {
-        id = wharf.get(&format!("/api/v1/repos/{repo}/pipelines")).json["pipelines"][0]["id"].as_u64();
-        id.is_some()
-    });
-    let id = id.unwrap();
-    let mut pipeline = Value::Null;
-    wait_until("the pipeline finishes", Duration::from_secs(120), || {
-        pipeline = wharf.get(&format!("/api/v1/pipelines/{id}")).json;
-        !matches!(pipeline["status"].as_str(), Some("queued" | "running"))
-    });
-    pipeline
-}
-
-fn job<'a>(pipeline: &'a Value, name: &str) -> &'a Value {
-    pipeline["jobs"].as_array().unwrap().iter().find(|j| j["name"] == name).unwrap()
-}
 
 #[test]
 fn a_push_runs_its_pipeline_in_order_with_logs_coverage_failures_and_timeouts() {
@@ -226,8 +192,8 @@ fn read_events(response: reqwest::blocking::Response, mut on_log: impl FnMut(&st
 #[test]
 fn test_reports_artifacts_secrets_and_live_logs() {
     let data = tempfile::tempdir().unwrap();
-    let marks = tempfile::tempdir().unwrap();
-    let wharf = Wharf::start(data.path());
+    let marks = marks_dir();
+    let wharf = Wharf::start_with(data.path(), &["--sandbox-volume", &marks.path().display().to_string()]);
     wharf.create_repo("acme/calc");
     let set = |name: &str, value: &str, secret: bool| {
         wharf.post("/api/v1/repos/acme/calc/variables", serde_json::json!({"name": name, "value": value, "secret": secret}))
@@ -365,7 +331,7 @@ jobs:
   sleeper:
     stage: test
     script:
-      - sleep 300 & echo $! > "$MARK_DIR/child.pid"; wait
+      - sleep 3017 & echo $! > "$MARK_DIR/child.pid"; wait
   flaky:
     stage: test
     script:
@@ -377,15 +343,11 @@ jobs:
     script: [echo reporting]
 "#;
 
-fn process_alive(pid: u32) -> bool {
-    std::process::Command::new("kill").args(["-0", &pid.to_string()]).status().unwrap().success()
-}
-
 #[test]
 fn cancel_kills_the_whole_job_and_retry_runs_a_job_again() {
     let data = tempfile::tempdir().unwrap();
-    let marks = tempfile::tempdir().unwrap();
-    let wharf = Wharf::start(data.path());
+    let marks = marks_dir();
+    let wharf = Wharf::start_with(data.path(), &["--sandbox-volume", &marks.path().display().to_string()]);
     wharf.create_repo("acme/flow");
     let mark_dir = marks.path().display().to_string();
     assert_eq!(wharf.post("/api/v1/repos/acme/flow/variables", serde_json::json!({"name": "MARK_DIR", "value": mark_dir})).status, 201);
@@ -395,8 +357,8 @@ fn cancel_kills_the_whole_job_and_retry_runs_a_job_again() {
     wait_until("the sleeper's child starts", Duration::from_secs(60), || {
         std::fs::read_to_string(&pid_file).is_ok_and(|pid| pid.ends_with('\n'))
     });
-    let child: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-    assert!(process_alive(child));
+    // The pid is the sandbox's own; the sleeper is found by its unusual command line.
+    assert!(process_running("sleep 3017"));
     let id = wharf.get("/api/v1/repos/acme/flow/pipelines").json["pipelines"][0]["id"].as_u64().unwrap();
     // The flaky job failed on its own, so its follower was skipped.
     wait_until("flaky fails", Duration::from_secs(60), || job(&pipeline_of_job(&wharf, id), "flaky")["status"] == "failed");
@@ -405,7 +367,7 @@ fn cancel_kills_the_whole_job_and_retry_runs_a_job_again() {
     assert_eq!(wharf.request("POST", &format!("/api/v1/pipelines/{id}/cancel"), None, None).status, 401);
     let canceled = wharf.request("POST", &format!("/api/v1/pipelines/{id}/cancel"), None, Some(&wharf.token));
     assert_eq!(canceled.status, 200, "{canceled:?}");
-    wait_until("the sleeper's whole process group is killed", Duration::from_secs(30), || !process_alive(child));
+    wait_until("the sleeper's whole process group is killed", Duration::from_secs(30), || !process_running("sleep 3017"));
     let pipeline = pipeline_of_job(&wharf, id);
     assert_eq!(job(&pipeline, "sleeper")["status"], "canceled");
     assert_eq!(pipeline["status"], "failed", "a failed job outweighs a canceled one");
@@ -449,10 +411,11 @@ jobs:
 #[test]
 fn a_job_whose_runner_is_killed_runs_again_elsewhere_and_ends_once() {
     use wharf_tests::cluster::{names_placed_on, LocalCluster};
-    let marks = tempfile::tempdir().unwrap();
-    let mut cluster = LocalCluster::start_with(3, |id| {
+    let marks = marks_dir();
+    let volume = marks.path().display().to_string();
+    let mut cluster = LocalCluster::start_with(3, move |id| {
         let slots = if id == 1 { "0" } else { "2" };
-        ["--runner-slots", slots, "--job-lease-secs", "3"].map(String::from).to_vec()
+        ["--runner-slots", slots, "--job-lease-secs", "3", "--sandbox-volume", &volume].map(String::from).to_vec()
     });
     let repo = names_placed_on(1, 3, 1).remove(0);
     let front = &cluster.front;

@@ -5,7 +5,8 @@
 //! the reason, and nothing runs. [`Pipeline::plan`] picks the jobs a push to a branch runs
 //! and what each waits for, and [`schedule`] decides, from the jobs' statuses, which start next and which
 //! can no longer run. [`parse_junit`] and [`parse_cobertura`] read the test and coverage reports
-//! a job writes, and [`SecretMasker`] hides the repository's secrets in its log lines.
+//! a job writes, and [`SecretMasker`] hides the repository's secrets in its output stream, reports
+//! and messages.
 //!
 //! [`state`] holds the CI records (pipelines, jobs with their leases, variables): the
 //! [`CiCommand`]s that change them and their `apply`, over the typed key spaces that
@@ -16,6 +17,7 @@
 
 mod deploy;
 mod duration;
+mod masking;
 mod reports;
 mod schedule;
 mod spec;
@@ -23,7 +25,8 @@ pub mod state;
 
 pub use deploy::{DeploySpec, DriverSpec, EnvironmentSpec, HealthCheck, Strategy};
 pub use duration::parse_duration;
-pub use reports::{parse_cobertura, parse_junit, SecretMasker};
+pub use masking::{MaskedStream, SecretMasker};
+pub use reports::{parse_cobertura, parse_junit};
 pub use schedule::{pipeline_status, schedule, JobStatus, PipelineStatus, Step};
 pub use spec::{Artifacts, Job, Pipeline, PipelineError, PlannedJob, Reports};
 pub use state::{CiCommand, JobResult, MAX_LOST_RUNNERS};

@@ -1,13 +1,10 @@
 //! What a job leaves besides its exit status, turned into what the platform keeps: the JUnit
 //! XML its tests wrote (counts, time and the failed cases), the Cobertura XML of its coverage
-//! (a percentage), and the masking of the repository's secrets in the lines of its log.
+//! (a percentage).
 //!
 //! Reports come from many tools (pytest, surefire, cargo-nextest, jest-junit,
 //! go-junit-report) that agree on the elements but not on the summary attributes, so the
 //! counts here are taken from the test cases themselves.
-
-use std::fmt;
-use std::ops::Range;
 
 use roxmltree::{Document, Node};
 use wharf_proto::{TestFailure, TestReport};
@@ -17,9 +14,6 @@ const MAX_FAILURES: usize = 100;
 
 /// The longest failure message kept, in bytes: a stack trace is for the job's log.
 const MAX_MESSAGE_BYTES: usize = 1_000;
-
-/// What a secret is replaced with in a log line.
-const MASK: &str = "[MASKED]";
 
 /// Reads a JUnit XML report: a `<testsuites>` root (its suites may nest) or a single
 /// `<testsuite>` root.
@@ -138,78 +132,6 @@ fn truncate(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
-}
-
-/// Replaces the repository's secrets with `[MASKED]` in the lines of a job's log.
-///
-/// Every byte covered by an occurrence of any secret is masked, occurrences that overlap or
-/// touch becoming one `[MASKED]`: a secret containing another is masked whole, and of two
-/// secrets that overlap in the text neither leaks a part. Lines are masked one at a time, so a
-/// secret spanning several lines is not found.
-#[derive(Clone, Default)]
-pub struct SecretMasker {
-    /// The distinct non-empty secrets, longest first.
-    secrets: Vec<String>,
-}
-
-impl SecretMasker {
-    /// A masker for `secrets`; empty ones are ignored, as they would match everywhere.
-    pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
-        let mut secrets: Vec<String> = secrets.into_iter().filter(|secret| !secret.is_empty()).collect();
-        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-        secrets.dedup();
-        SecretMasker { secrets }
-    }
-
-    /// `line` with every occurrence of every secret replaced with `[MASKED]`.
-    pub fn mask(&self, line: &str) -> String {
-        let ranges = merge(self.occurrences(line));
-        let mut masked = String::with_capacity(line.len());
-        let mut copied = 0;
-        for range in ranges {
-            masked.push_str(&line[copied..range.start]);
-            masked.push_str(MASK);
-            copied = range.end;
-        }
-        masked.push_str(&line[copied..]);
-        masked
-    }
-
-    /// The byte ranges of all occurrences of the secrets in `line`, overlapping ones included
-    /// (in "aaa", "aa" is found at 0 and at 1), so that no part of a secret is left visible.
-    fn occurrences(&self, line: &str) -> Vec<Range<usize>> {
-        let mut ranges = Vec::new();
-        for secret in &self.secrets {
-            let mut from = 0;
-            while let Some(offset) = line[from..].find(secret.as_str()) {
-                let start = from + offset;
-                ranges.push(start..start + secret.len());
-                // Step one char, not one byte, to stay on a char boundary.
-                from = start + line[start..].chars().next().map_or(1, char::len_utf8);
-            }
-        }
-        ranges
-    }
-}
-
-/// Secrets are not printed, even in a debug dump of a job's settings.
-impl fmt::Debug for SecretMasker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecretMasker").field("secrets", &self.secrets.len()).finish()
-    }
-}
-
-/// `ranges` sorted, with those that overlap or touch joined into one.
-fn merge(mut ranges: Vec<Range<usize>>) -> Vec<Range<usize>> {
-    ranges.sort_by_key(|range| range.start);
-    let mut merged: Vec<Range<usize>> = Vec::with_capacity(ranges.len());
-    for range in ranges {
-        match merged.last_mut() {
-            Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
-            _ => merged.push(range),
-        }
-    }
-    merged
 }
 
 #[cfg(test)]
@@ -359,22 +281,5 @@ E       ZeroDivisionError</failure>
         assert!(parse_cobertura(r#"<coverage line-rate="NaN"/>"#).is_err());
         assert!(parse_cobertura(r#"<report line-rate="0.5"/>"#).unwrap_err().contains("not a Cobertura report"));
         assert!(parse_cobertura("<coverage").unwrap_err().starts_with("malformed XML"));
-    }
-
-    #[test]
-    fn secrets_are_masked_whole_even_when_they_overlap() {
-        let masker = SecretMasker::new(["abc", "xabcx", "", "abc", "cdef"].map(String::from));
-        assert_eq!(masker.mask("token=xabcx end"), "token=[MASKED] end", "the longer secret is masked whole");
-        assert_eq!(masker.mask("abc and abc"), "[MASKED] and [MASKED]");
-        assert_eq!(masker.mask("abcdef!"), "[MASKED]!", "overlapping secrets leave no part visible");
-        assert_eq!(masker.mask("nothing here"), "nothing here");
-        assert_eq!(masker.mask(""), "");
-        assert_eq!(format!("{masker:?}"), "SecretMasker { secrets: 3 }", "no secret in a debug dump");
-
-        let masker = SecretMasker::new(["aa".to_owned(), "MASK".to_owned()]);
-        assert_eq!(masker.mask("aaa b"), "[MASKED] b", "overlapping occurrences of one secret");
-        assert_eq!(masker.mask("MASK aa"), "[MASKED] [MASKED]", "a mask is never masked again");
-        assert_eq!(SecretMasker::new(["pässwörd".to_owned()]).mask("é pässwörd é"), "é [MASKED] é");
-        assert_eq!(SecretMasker::new(Vec::new()).mask("plain"), "plain");
     }
 }

@@ -770,6 +770,7 @@ async fn cluster_status(State(state): State<Shared>, headers: HeaderMap) -> ApiR
             actors: stats.as_ref().map(|s| s.actors),
             sessions: stats.as_ref().map(|s| s.sessions),
             moves: stats.as_ref().map(|s| s.moves),
+            sandbox: stats.as_ref().map(|s| s.sandbox.clone()),
             reachable: stats.is_some(),
         });
     }
@@ -829,6 +830,10 @@ struct ClusterNode {
     sessions: Option<u64>,
     /// Repositories it has moved away since it started.
     moves: Option<u64>,
+    /// What confines the node's CI jobs and deployed instances (`bubblewrap, as user 65534`),
+    /// or `unavailable: …` when the node cannot confine them and so runs none; absent if the
+    /// node did not answer.
+    sandbox: Option<String>,
     /// Whether it answered.
     reachable: bool,
 }

@@ -28,6 +28,7 @@ mod deploy;
 mod mover;
 pub mod repo_actor;
 pub mod router;
+pub mod sandbox;
 pub mod session;
 mod telemetry;
 mod traced;
@@ -41,6 +42,9 @@ use wharf_meta::Meta;
 use wharf_proto::{node_group, NodeId, NodeMessage, RepoId};
 
 pub use ci::DEFAULT_RUNNER_SLOTS;
+
+/// The default cap of a job's log (and an instance's output): 4 MiB, as GitLab's.
+pub const DEFAULT_LOG_LIMIT_BYTES: u64 = 4 << 20;
 use router::NodeRouter;
 
 /// Settings of a storage node.
@@ -67,6 +71,18 @@ pub struct NodeConfig {
     /// [`wharf_proto::NodeRequest::MetricsAddress`]. Default `None`: the binary sets it when it
     /// has started the listener.
     pub metrics_addr: Option<String>,
+    /// How jobs and instances are confined; see [`sandbox`]. Default: bubblewrap, without
+    /// which nothing runs.
+    pub sandbox: sandbox::SandboxMode,
+    /// The user id jobs and instances run as (when Wharf runs as root), or appear as in their
+    /// user namespace (when it does not). Default 65534 (`nobody`).
+    pub sandbox_uid: u32,
+    /// Directories every job may read and write, at their own paths (a shared cache, say).
+    /// Default none.
+    pub sandbox_volumes: Vec<PathBuf>,
+    /// Bytes of a job's log kept; output beyond is dropped after a "log truncated" line.
+    /// Default 4 MiB (GitLab's default). The same cap applies to an instance's output.
+    pub log_limit_bytes: u64,
 }
 
 impl NodeConfig {
@@ -80,6 +96,10 @@ impl NodeConfig {
             runner_slots: ci::DEFAULT_RUNNER_SLOTS,
             job_lease: Duration::from_secs(10),
             metrics_addr: None,
+            sandbox: sandbox::SandboxMode::default(),
+            sandbox_uid: 65534,
+            sandbox_volumes: Vec::new(),
+            log_limit_bytes: DEFAULT_LOG_LIMIT_BYTES,
         }
     }
 
@@ -107,6 +127,8 @@ pub(crate) struct NodeContext {
     pub controllers: deploy::Controllers,
     /// Every background loop of the node.
     pub background: background::Background,
+    /// Where jobs and instances run, as found when the node started.
+    pub sandbox: sandbox::Sandbox,
 }
 
 
@@ -146,7 +168,20 @@ impl StorageNode {
             path: repos_dir.clone(),
             source,
         })?;
+        // The data directory holds tokens, secrets and every repository: Wharf's alone, also
+        // when an older version made it open to everyone.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700)).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let sandbox = sandbox::Sandbox::detect(config.sandbox, config.sandbox_uid).await;
+        match sandbox.ready() {
+            Ok(()) => tracing::info!(sandbox = %sandbox.describe(), "jobs and instances are confined"),
+            Err(why) => tracing::warn!("{why}"),
+        }
         let context = Arc::new(NodeContext {
+            sandbox,
             registry: repo_actor::RepoRegistry::default(),
             sessions: session::Sessions::default(),
             transfers: mover::Transfers::default(),

@@ -273,6 +273,7 @@ async fn route_one(node: &Arc<NodeContext>, request: NodeRequest, reply: RpcRepl
                     actors: node.registry.active().await as u64,
                     sessions: node.sessions.open_count() as u64,
                     moves: node.transfers.moves_done.load(std::sync::atomic::Ordering::SeqCst),
+                    sandbox: node.sandbox.describe(),
                 };
                 answer(reply, Ok(NodeReply::Stats(stats)))
             });

@@ -612,4 +612,6 @@ pub struct NodeStats {
     pub sessions: u64,
     /// Repositories this node has moved away since it started.
     pub moves: u64,
+    /// What confines its jobs and instances, or why nothing can (then none run there).
+    pub sandbox: String,
 }

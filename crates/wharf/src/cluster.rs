@@ -71,6 +71,10 @@ pub struct ProcessArgs {
     /// address and ignores this setting.
     #[arg(long, env = "WHARF_METRICS_HTTP")]
     metrics_http: Option<String>,
+    /// A node's sandbox and log settings (flags and variables only).
+    #[command(flatten)]
+    #[serde(skip)]
+    sandbox: crate::sandbox_args::SandboxArgs,
 }
 
 /// The settings once file, flags and defaults are merged.
@@ -87,6 +91,7 @@ struct Settings {
     meta_cache_bytes: u64,
     /// `None`: no metrics listener.
     metrics_http: Option<SocketAddr>,
+    sandbox: crate::sandbox_args::SandboxArgs,
 }
 
 impl ProcessArgs {
@@ -124,6 +129,7 @@ impl ProcessArgs {
             job_lease: Duration::from_secs(self.job_lease_secs.or(file.job_lease_secs).unwrap_or(10).max(1)),
             meta_cache_bytes: self.meta_cache_mib.or(file.meta_cache_mib).map_or(MetaConfig::default().cache_bytes, |mib| mib.max(1) << 20),
             metrics_http,
+            sandbox: self.sandbox,
         })
     }
 }
@@ -221,6 +227,7 @@ pub async fn run_node(args: ProcessArgs) -> anyhow::Result<()> {
     config.runner_slots = settings.runner_slots;
     config.job_lease = settings.job_lease;
     config.metrics_addr = metrics_addr.clone();
+    settings.sandbox.apply(&mut config);
     let node = StorageNode::start(config, meta.clone())
         .await
         .context("cannot start the storage node")?;

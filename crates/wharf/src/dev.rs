@@ -26,6 +26,7 @@ pub async fn run(
     actor_idle_timeout: std::time::Duration,
     runner_slots: usize,
     meta_config: MetaConfig,
+    sandbox: crate::sandbox_args::SandboxArgs,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -54,6 +55,7 @@ pub async fn run(
     node_config.actor_idle_timeout = actor_idle_timeout;
     node_config.runner_slots = runner_slots;
     node_config.metrics_addr = Some(address.to_string());
+    sandbox.apply(&mut node_config);
     let node = StorageNode::start(node_config, meta.clone())
         .await
         .context("cannot start the storage node")?;

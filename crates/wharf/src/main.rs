@@ -13,6 +13,7 @@ mod deploy_client;
 mod client;
 mod cluster;
 mod dev;
+mod sandbox_args;
 mod telemetry;
 
 use std::net::SocketAddr;
@@ -57,6 +58,8 @@ enum Command {
         /// MiB of memory sled may use to cache the metadata.
         #[arg(long, env = "WHARF_META_CACHE_MIB", default_value_t = 32)]
         meta_cache_mib: u64,
+        #[command(flatten)]
+        sandbox: sandbox_args::SandboxArgs,
     },
     /// Run a storage node of a cluster (the first one starts the cluster; others --join it).
     Node {
@@ -127,6 +130,9 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Everything Wharf writes (metadata, repositories, logs, artifacts, the admin token) is
+    // its own: files 0600, directories 0700, whatever the caller's umask.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
@@ -155,12 +161,13 @@ fn main() -> std::process::ExitCode {
                 actor_idle_secs,
                 runner_slots,
                 meta_cache_mib,
+                sandbox,
             } => {
                 let meta = wharf_meta::MetaConfig {
                     cache_bytes: meta_cache_mib.max(1) << 20,
                     ..wharf_meta::MetaConfig::default()
                 };
-                dev::run(data_dir, listen, std::time::Duration::from_secs(actor_idle_secs), runner_slots, meta).await
+                dev::run(data_dir, listen, std::time::Duration::from_secs(actor_idle_secs), runner_slots, meta, sandbox).await
             }
             Command::Node { args } => cluster::run_node(args).await,
             Command::Front { args } => cluster::run_front(args).await,

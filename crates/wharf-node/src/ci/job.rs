@@ -1,6 +1,9 @@
 //! One attempt of one job on this node: a checkout of the exact commit in a fresh workspace,
-//! the script as its own process group with the job's variables, its log, its reports and
-//! artifacts, and the report of how it ended.
+//! the script in the node's sandbox (seeing only its workspace and, read-only, the mirror its
+//! checkout borrows objects from) as its own process group with the job's variables, its log
+//! (masked and capped, see [`super::log`]), its reports and artifacts (read beneath the
+//! workspace without following links: a path that leaves it fails the job), and the report
+//! of how it ended.
 //!
 //! The checkout comes from a mirror of the repository kept on this node
 //! (`ci/mirrors/{repo}.git`); when the commit is not there yet, the mirror fetches a bundle of
@@ -8,7 +11,6 @@
 //! checkout itself, so a runner needs nothing but the job record to run it.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -20,18 +22,25 @@ use wharf_meta::{CiCommand, JobResult};
 use wharf_proto::{ApiError, ArtifactFile, JobRecord, JobStatus, NodeReply, NodeRequest, PipelineRecord, RepoRecord, RepoRequest};
 
 use super::files::{artifacts_dir, log_path};
+use super::log::CappedLog;
 use super::runner::Stop;
+use crate::sandbox::beneath::{Beneath, BeneathError};
+use crate::sandbox::{Confinement, Limits};
 use crate::NodeContext;
 
 /// How long artifacts are kept when the file does not say.
 const DEFAULT_ARTIFACT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 /// At most this many files of one job are kept as artifacts.
 const MAX_ARTIFACT_FILES: usize = 10_000;
+/// The largest JUnit or Cobertura report read.
+const MAX_REPORT_BYTES: u64 = 16 << 20;
+/// Processes the sandbox user may have at once (a fork bomb stops there).
+const MAX_JOB_PROCESSES: u64 = 4096;
 
 /// Runs the claimed attempt `job` and reports how it ended, unless it was stopped because its
 /// lease is gone (then another runner owns the job and this attempt must not count).
 pub(super) async fn run(node: &Arc<NodeContext>, job: &JobRecord, mut stop: watch::Receiver<Option<Stop>>) {
-    let log = Log::create(&log_path(node, job.id, job.attempt));
+    let log = CappedLog::create(&log_path(node, job.id, job.attempt), node.config.log_limit_bytes);
     let workspace = node.config.data_dir.join("ci").join("work").join(format!("job-{}", job.id));
     let result = match Attempt::prepare(node, job, &workspace, &log).await {
         Ok(attempt) => attempt.execute(&mut stop).await,
@@ -87,39 +96,6 @@ async fn report(node: &NodeContext, job: &JobRecord, result: JobResult) {
     }
 }
 
-/// A job's log file. Every line goes through the secret masker before it is written.
-struct Log {
-    file: Option<std::fs::File>,
-}
-
-impl Log {
-    fn create(path: &Path) -> Log {
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let file = std::fs::File::create(path)
-            .inspect_err(|error| tracing::error!(path = %path.display(), %error, "cannot create job log"))
-            .ok();
-        Log { file }
-    }
-
-    fn line(&self, text: &str) {
-        self.write(format!("{text}\n").as_bytes());
-    }
-
-    fn write(&self, bytes: &[u8]) {
-        if let Some(mut file) = self.file.as_ref() {
-            let _ = file.write_all(bytes);
-        }
-    }
-
-    fn try_clone(&self) -> Option<Log> {
-        Some(Log {
-            file: Some(self.file.as_ref()?.try_clone().ok()?),
-        })
-    }
-}
-
 /// Everything an attempt needs once its workspace is ready.
 struct Attempt<'a> {
     node: &'a Arc<NodeContext>,
@@ -128,12 +104,14 @@ struct Attempt<'a> {
     env: BTreeMap<String, String>,
     masker: SecretMasker,
     workspace: &'a Path,
-    log: &'a Log,
+    /// The mirror whose objects the checkout borrows: the job reads it, read-only.
+    mirror: PathBuf,
+    log: &'a CappedLog,
 }
 
 impl<'a> Attempt<'a> {
     /// Checks out the commit and reads the job's spec and variables.
-    async fn prepare(node: &'a Arc<NodeContext>, job: &'a JobRecord, workspace: &'a Path, log: &'a Log) -> Result<Attempt<'a>, String> {
+    async fn prepare(node: &'a Arc<NodeContext>, job: &'a JobRecord, workspace: &'a Path, log: &'a CappedLog) -> Result<Attempt<'a>, String> {
         let directory = node.meta.directory();
         let pipeline = directory.pipeline(job.pipeline).ok_or("its pipeline is gone")?;
         let repo = directory.repo_by_id(pipeline.repo).ok_or("its repository is gone")?;
@@ -144,11 +122,18 @@ impl<'a> Attempt<'a> {
         log.line(&format!("Checking out {} of {}", pipeline.sha, repo.name));
         let mirror = update_mirror(node, &repo, &pipeline.sha).await.map_err(|e| e.to_string())?;
         checkout(&mirror, &pipeline.sha, workspace).await?;
-        let text = std::fs::read_to_string(workspace.join(wharf_ci::PIPELINE_FILE)).map_err(|e| format!("read {}: {e}", wharf_ci::PIPELINE_FILE))?;
+        node.sandbox.share_read_only(&mirror).map_err(|e| format!("cannot share the mirror with the sandbox: {e}"))?;
+        node.sandbox.hand_over(workspace).map_err(|e| format!("cannot hand the workspace to the sandbox user: {e}"))?;
+        // Read beneath the workspace: a committed link named .wharf.yml leads nowhere.
+        let text = Beneath::open(workspace)
+            .map_err(|e| e.to_string())?
+            .read_to_string(wharf_ci::PIPELINE_FILE, MAX_REPORT_BYTES)
+            .map_err(|e| format!("read {}: {e}", wharf_ci::PIPELINE_FILE))?;
         let mut file = wharf_ci::Pipeline::parse(&text).map_err(|e| e.to_string())?;
         let spec = file.jobs.remove(&job.name).ok_or_else(|| format!("{} has no job {}", wharf_ci::PIPELINE_FILE, job.name))?;
         let secrets = directory.variables(repo.id);
         let masker = SecretMasker::new(secrets.iter().filter(|v| v.secret).map(|v| v.value.clone()));
+        log.mask_with(masker.clone());
         // Later sources win, as in GitLab: the file's variables, the job's, the repository's
         // (set through the API), and the ones Wharf defines.
         let mut env = file.variables;
@@ -162,6 +147,7 @@ impl<'a> Attempt<'a> {
             env,
             masker,
             workspace,
+            mirror,
             log,
         })
     }
@@ -188,39 +174,61 @@ impl<'a> Attempt<'a> {
                 (JobStatus::Failed, None, Some(error))
             }
         };
-        let tests = self.junit_report();
-        let coverage = self.coverage();
-        let (artifacts, artifacts_expire_ms) = self.keep_artifacts();
+        let mut escapes = Vec::new();
+        let beneath = Beneath::open(self.workspace);
+        let (tests, coverage, (artifacts, artifacts_expire_ms)) = match &beneath {
+            Ok(beneath) => (
+                self.junit_report(beneath, &mut escapes),
+                self.coverage(beneath, &mut escapes),
+                self.keep_artifacts(beneath, &mut escapes),
+            ),
+            Err(error) => {
+                self.log.line(&format!("wharf: the workspace cannot be read: {error}"));
+                (None, None, (Vec::new(), None))
+            }
+        };
+        // A path that leaves the workspace is an attack or a mistake; either way the job did
+        // not produce what it said it would.
+        let (status, message) = match escapes.is_empty() {
+            true => (status, message),
+            false => (JobStatus::Failed, Some(escapes.join("; "))),
+        };
         JobResult {
             status: Some(status),
             exit_code,
             coverage,
-            tests,
+            tests: tests.map(|report| self.masked_report(report)),
             artifacts,
             artifacts_expire_ms,
-            message,
+            message: message.map(|text| self.masker.mask(&text)),
         }
     }
 
     async fn run_script(&self, stop: &mut watch::Receiver<Option<Stop>>) -> Result<Ended, String> {
         let (reader, writer) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
-        let mut command = tokio::process::Command::new("sh");
+        let confinement = Confinement {
+            workdir: self.workspace.to_owned(),
+            writable: std::iter::once(self.workspace.to_owned()).chain(self.node.config.sandbox_volumes.iter().cloned()).collect(),
+            readable: vec![self.mirror.clone()],
+            network: true,
+            limits: Limits {
+                data_bytes: None,
+                processes: Some(MAX_JOB_PROCESSES),
+            },
+        };
+        let mut command = self.node.sandbox.command(&script_text(&self.spec.script), &confinement)?;
         command
-            .arg("-c")
-            .arg(script_text(&self.spec.script))
-            .current_dir(self.workspace)
-            .env_clear()
             .envs(&self.env)
             .stdin(Stdio::null())
             .stdout(writer.try_clone().map_err(|e| format!("pipe: {e}"))?)
             .stderr(writer)
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| format!("cannot start sh: {e}"))?;
+        let mut child = command.spawn().map_err(|e| format!("cannot start the job's shell: {e}"))?;
         // Our copies of the pipe's write end must go, or the log never sees its end.
         drop(command);
         let group = child.id();
-        let copier = self.copy_output(reader);
+        let copier = self.log.copy_from(reader);
         let ended = tokio::select! {
             status = child.wait() => Ended::Exited(status.map_err(|e| e.to_string())?.code().unwrap_or(-1)),
             _ = tokio::time::sleep(self.spec.timeout) => Ended::TimedOut,
@@ -235,30 +243,25 @@ impl<'a> Attempt<'a> {
         Ok(ended)
     }
 
-    /// Copies the script's output into the log line by line, masking secrets.
-    fn copy_output(&self, reader: std::io::PipeReader) -> tokio::task::JoinHandle<()> {
-        let log = self.log.try_clone();
-        let masker = self.masker.clone();
-        tokio::task::spawn_blocking(move || {
-            let Some(log) = log else { return };
-            let mut reader = std::io::BufReader::new(reader);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match reader.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => log.write(masker.mask(&String::from_utf8_lossy(&line)).as_bytes()),
+    /// Reads the report file at `path` beneath the workspace; a path that leaves it is added
+    /// to `escapes`, any other failure is logged.
+    fn report_text(&self, beneath: &Beneath, kind: &str, path: &str, escapes: &mut Vec<String>) -> Option<String> {
+        match beneath.read_to_string(path, MAX_REPORT_BYTES) {
+            Ok(text) => Some(text),
+            Err(error) => {
+                if matches!(error, BeneathError::Escapes { .. }) {
+                    escapes.push(format!("{kind} report {error}"));
                 }
+                self.log.line(&format!("wharf: no {kind} report: {error}"));
+                None
             }
-        })
+        }
     }
 
-    fn junit_report(&self) -> Option<wharf_proto::TestReport> {
+    fn junit_report(&self, beneath: &Beneath, escapes: &mut Vec<String>) -> Option<wharf_proto::TestReport> {
         let path = self.spec.reports.junit.as_ref()?;
-        let parsed = std::fs::read_to_string(self.workspace.join(path))
-            .map_err(|e| e.to_string())
-            .and_then(|xml| wharf_ci::parse_junit(&xml));
-        match parsed {
+        let xml = self.report_text(beneath, "JUnit", path, escapes)?;
+        match wharf_ci::parse_junit(&xml) {
             Ok(report) => Some(report),
             Err(error) => {
                 self.log.line(&format!("wharf: no JUnit report from {path}: {error}"));
@@ -267,37 +270,48 @@ impl<'a> Attempt<'a> {
         }
     }
 
-    fn coverage(&self) -> Option<f64> {
+    /// The report with the secrets masked in every text it carries.
+    fn masked_report(&self, mut report: wharf_proto::TestReport) -> wharf_proto::TestReport {
+        for failure in &mut report.failures {
+            for text in [&mut failure.suite, &mut failure.class, &mut failure.name, &mut failure.message] {
+                *text = self.masker.mask(text);
+            }
+        }
+        report
+    }
+
+    fn coverage(&self, beneath: &Beneath, escapes: &mut Vec<String>) -> Option<f64> {
         if let Some(path) = &self.spec.reports.cobertura {
-            let parsed = std::fs::read_to_string(self.workspace.join(path))
-                .map_err(|e| e.to_string())
-                .and_then(|xml| wharf_ci::parse_cobertura(&xml));
-            match parsed {
-                Ok(coverage) => return Some(coverage),
-                Err(error) => self.log.line(&format!("wharf: no Cobertura report from {path}: {error}")),
+            if let Some(xml) = self.report_text(beneath, "Cobertura", path, escapes) {
+                match wharf_ci::parse_cobertura(&xml) {
+                    Ok(coverage) => return Some(coverage),
+                    Err(error) => self.log.line(&format!("wharf: no Cobertura report from {path}: {error}")),
+                }
             }
         }
         let pattern = self.spec.coverage.as_ref()?;
+        // The log is capped, so reading it whole is bounded.
         let text = std::fs::read_to_string(log_path(self.node, self.job.id, self.job.attempt)).unwrap_or_default();
         wharf_ci::extract_coverage(pattern, &text)
     }
 
     /// Copies the artifact paths out of the workspace before it is deleted. Kept whether the
     /// job passed or not: a failed build's output is what its author needs to look at.
-    fn keep_artifacts(&self) -> (Vec<ArtifactFile>, Option<u64>) {
+    fn keep_artifacts(&self, beneath: &Beneath, escapes: &mut Vec<String>) -> (Vec<ArtifactFile>, Option<u64>) {
         let Some(spec) = &self.spec.artifacts else { return (Vec::new(), None) };
         let target = artifacts_dir(self.node, self.job.id);
         let _ = std::fs::remove_dir_all(&target);
         let mut kept = Vec::new();
         for path in &spec.paths {
-            let relative = path.trim_end_matches('/');
-            let source = self.workspace.join(relative);
-            if std::fs::symlink_metadata(&source).is_err() {
-                self.log.line(&format!("wharf: artifact path {path} does not exist"));
-                continue;
-            }
-            if let Err(error) = copy_tree(&source, relative, &target, &mut kept) {
-                self.log.line(&format!("wharf: artifact path {path} not kept: {error}"));
+            let mut copy = |relative: &str, file: std::fs::File| copy_artifact(relative, file, &target, &mut kept);
+            match beneath.walk_files(path, &mut copy) {
+                Ok(()) => {}
+                Err(error @ BeneathError::Escapes { .. }) => {
+                    self.log.line(&format!("wharf: artifact path {error}"));
+                    escapes.push(format!("artifact path {error}"));
+                }
+                Err(BeneathError::Missing { .. }) => self.log.line(&format!("wharf: artifact path {path} does not exist")),
+                Err(error) => self.log.line(&format!("wharf: artifact path {path} not kept: {error}")),
             }
         }
         let lifetime = spec.expire_in.unwrap_or(DEFAULT_ARTIFACT_LIFETIME);
@@ -327,8 +341,9 @@ async fn stopped(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
 }
 
 /// The script: each step echoed as `$ step` before it runs, the first failure ending it.
+/// Files it makes get the usual modes (umask 022), not Wharf's own 077.
 fn script_text(steps: &[String]) -> String {
-    let mut text = String::from("set -e\n");
+    let mut text = String::from("set -e\numask 022\n");
     for step in steps {
         let quoted = format!("$ {step}").replace('\'', r"'\''");
         text.push_str(&format!("printf '%s\\n' '{quoted}'\n{step}\n"));
@@ -340,7 +355,6 @@ fn script_text(steps: &[String]) -> String {
 fn predefined(node: &NodeContext, job: &JobRecord, pipeline: &PipelineRecord, repo: &RepoRecord, workspace: &Path) -> Vec<(String, String)> {
     let branch = pipeline.ref_name.strip_prefix("refs/heads/").unwrap_or(&pipeline.ref_name);
     [
-        ("PATH", std::env::var("PATH").unwrap_or_default()),
         ("HOME", workspace.display().to_string()),
         ("CI", "true".into()),
         ("WHARF_COMMIT_SHA", pipeline.sha.clone()),
@@ -431,33 +445,22 @@ fn kill_group(group: u32) {
     }
 }
 
-/// Copies `source` (a file or a directory, not following links) to `target/relative`,
-/// listing what it copied.
-fn copy_tree(source: &Path, relative: &str, target: &Path, kept: &mut Vec<ArtifactFile>) -> std::io::Result<()> {
-    let metadata = std::fs::symlink_metadata(source)?;
-    if kept.len() >= MAX_ARTIFACT_FILES || metadata.file_type().is_symlink() {
-        return Ok(());
-    }
-    if metadata.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(source)?.collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            copy_tree(&entry.path(), &format!("{relative}/{name}"), target, kept)?;
-        }
-        return Ok(());
+/// Copies one artifact file, opened beneath the workspace, to `target/relative`, listing it;
+/// returns whether more may be kept.
+fn copy_artifact(relative: &str, mut file: std::fs::File, target: &Path, kept: &mut Vec<ArtifactFile>) -> std::io::Result<bool> {
+    if kept.len() >= MAX_ARTIFACT_FILES {
+        return Ok(false);
     }
     let destination = target.join(relative);
     if let Some(parent) = destination.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let size = std::fs::copy(source, &destination)?;
+    let size = std::io::copy(&mut file, &mut std::fs::File::create(&destination)?)?;
     kept.push(ArtifactFile {
-        path: relative.to_owned(),
+        path: relative.trim_start_matches("./").to_owned(),
         size,
     });
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

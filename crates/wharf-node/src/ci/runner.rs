@@ -130,7 +130,9 @@ async fn claim_queued(node: &Arc<NodeContext>) {
     let me = node.config.id;
     let accepting = directory.nodes().iter().any(|n| n.id == me && n.state == NodeState::Active);
     let free = node.runner.slots.available_permits();
-    if !accepting || free == 0 {
+    // A node that cannot confine jobs runs none; its start said so, and so does
+    // `/api/v1/cluster`.
+    if !accepting || free == 0 || node.sandbox.ready().is_err() {
         return;
     }
     // Look at a few more than there are slots: other runners may win some of them.

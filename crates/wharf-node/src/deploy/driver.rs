@@ -21,6 +21,7 @@ use wharf_proto::deploy::{DriverSpec, HealthCheck, InstanceHealth, InstanceRecor
 use wharf_proto::{ApiError, NodeRequest};
 
 use crate::background::Wake;
+use crate::sandbox::{Confinement, Limits};
 use crate::NodeContext;
 
 /// How often the driver compares records with processes.
@@ -180,11 +181,8 @@ async fn start(node: &Arc<NodeContext>, record: &InstanceRecord) -> Result<Start
     let env = directory.environment(record.env).ok_or("its environment is gone")?;
     let dir = fetch_artifacts(node, release.artifact_job).await?;
     let port = free_port().map_err(|e| format!("no free port: {e}"))?;
-    let log_file = instance_log_path(node, record.id);
-    if let Some(logs) = log_file.parent() {
-        std::fs::create_dir_all(logs).map_err(|e| e.to_string())?;
-    }
-    let log = std::fs::File::create(&log_file).map_err(|e| e.to_string())?;
+    let log = crate::ci::log::CappedLog::create(&instance_log_path(node, record.id), node.config.log_limit_bytes);
+    let (output, writer) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
     let variables = [
         ("PORT", port.to_string()),
         ("WHARF_ENVIRONMENT", env.name.clone()),
@@ -193,17 +191,21 @@ async fn start(node: &Arc<NodeContext>, record: &InstanceRecord) -> Result<Start
         ("WHARF_COMMIT_SHA", release.sha.clone()),
     ];
     let mut command = match &release.settings.driver {
-        DriverSpec::Process => process_command(&dir, &release.command, env.config.memory, &variables),
+        DriverSpec::Process => process_command(node, &dir, &release.command, env.config.memory, &variables)?,
         DriverSpec::Docker { image } => docker_command(&dir, &release.command, image, record.id, &env.config, &variables).await?,
     };
     let child = command
         .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log)
+        .stdout(writer.try_clone().map_err(|e| format!("pipe: {e}"))?)
+        .stderr(writer)
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start the instance: {e}"))?;
+    // Our copies of the pipe's write end must go, or the copy never ends.
+    drop(command);
+    // The copy ends when the instance's last process closes its output.
+    drop(log.copy_from(output));
     let pid = child.id().unwrap_or_default();
     write(node, DeployCommand::InstanceStarted { instance: record.id, port, pid })
         .await
@@ -213,27 +215,36 @@ async fn start(node: &Arc<NodeContext>, record: &InstanceRecord) -> Result<Start
     Ok(Started { child, port, in_container })
 }
 
-/// The process driver: `sh` runs the command in the artifact directory, under a data limit
-/// for the environment's memory (what the shell can set on any Unix). The data limit counts
-/// memory a process can write, not address space it only reserves: an address-space limit
-/// (`ulimit -v`) starves threaded programs, whose allocator reserves 64 MiB per thread arena.
-fn process_command(dir: &Path, command: &str, memory_gib: f64, variables: &[(&str, String)]) -> tokio::process::Command {
-    let limit = if memory_gib > 0.0 {
-        format!("ulimit -d {} 2>/dev/null; ", (memory_gib * 1024.0 * 1024.0) as u64)
-    } else {
-        String::new()
+/// The process driver: `sh` runs the command in the node's sandbox, which shows it its
+/// release's files (read-only, as its working directory) and the machine's network, under a
+/// data limit for the environment's memory. The data limit counts memory a process can write,
+/// not address space it only reserves: an address-space limit starves threaded programs, whose
+/// allocator reserves 64 MiB per thread arena.
+fn process_command(
+    node: &NodeContext,
+    dir: &Path,
+    command: &str,
+    memory_gib: f64,
+    variables: &[(&str, String)],
+) -> Result<tokio::process::Command, String> {
+    node.sandbox.share_read_only(dir).map_err(|e| format!("cannot share the release with the sandbox: {e}"))?;
+    let confinement = Confinement {
+        workdir: dir.to_owned(),
+        readable: vec![dir.to_owned()],
+        network: true,
+        limits: Limits {
+            data_bytes: (memory_gib > 0.0).then(|| (memory_gib * f64::from(1u32 << 30)) as u64),
+            processes: None,
+        },
+        ..Confinement::default()
     };
-    let mut process = tokio::process::Command::new("sh");
+    let mut process = node.sandbox.command("exec sh -c \"$WHARF_COMMAND\"", &confinement)?;
+    // The release's directory is read-only; a program's scratch space is the sandbox's /tmp.
     process
-        .arg("-c")
-        .arg(format!("{limit}exec sh -c \"$WHARF_COMMAND\""))
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", dir)
+        .env("HOME", "/tmp")
         .env("WHARF_COMMAND", command)
         .envs(variables.iter().map(|(name, value)| (*name, value)));
-    process
+    Ok(process)
 }
 
 /// The name of instance `id`'s container.
