@@ -47,8 +47,15 @@ impl Process {
     /// Starts `wharf ARGS` with the log filter `log` (`WHARF_LOG`), for a test that reads the
     /// log lines.
     pub fn spawn_logging(name: &str, args: &[String], log: &str) -> Process {
+        Process::spawn_with_env(name, args, log, &[])
+    }
+
+    /// Starts `wharf ARGS` with the log filter `log` and the environment variables `env`
+    /// added (settings such as `WHARF_HTTP_HEADER_TIMEOUT_SECS`).
+    pub fn spawn_with_env(name: &str, args: &[String], log: &str, env: &[(&str, &str)]) -> Process {
         let mut child = Command::new(wharf_binary())
             .args(args)
+            .envs(env.iter().copied())
             .env("WHARF_LOG", log)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -203,11 +210,17 @@ impl Wharf {
 
     /// Starts `wharf dev` with extra flags.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Wharf {
+        Wharf::start_with_env(data_dir, extra, &[])
+    }
+
+    /// Starts `wharf dev` with extra flags and environment variables.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Wharf {
         let args = ["dev", "--listen", "127.0.0.1:0", "--data-dir"].map(String::from);
         let mut args = args.to_vec();
         args.push(data_dir.display().to_string());
         args.extend(extra.iter().map(|a| a.to_string()));
-        let mut process = Process::spawn("dev", &args);
+        let log = std::env::var("WHARF_LOG").unwrap_or_else(|_| "warn".into());
+        let mut process = Process::spawn_with_env("dev", &args, &log, env);
         let url = process.wait_for_line("wharf: serving on ", START_DEADLINE);
         let token = std::fs::read_to_string(data_dir.join("admin-token"))
             .expect("admin-token written")

@@ -110,6 +110,11 @@ impl RawDeploy {
         if !health.path.starts_with('/') {
             return Err(format!("deploy.health.path {:?} must start with /", health.path));
         }
+        // The path goes into a request line: a CR or LF would let it add headers or a second
+        // request (issue 14); spaces and other controls would garble it.
+        if health.path.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(format!("deploy.health.path {:?} must not contain spaces or control characters", health.path));
+        }
         let mut environments = BTreeMap::new();
         for (name, raw) in self.environments {
             let spec = raw.check().map_err(|m| format!("deploy.environments.{name}: {m}"))?;

@@ -174,6 +174,8 @@ fn the_deploy_section_is_checked_and_defaults_apply() {
     refuse("  from: build\n  command: x\n  environments:\n    p:\n      strategy: { type: canary, steps: [50, 10] }\n", "must rise");
     refuse("  from: build\n  command: x\n  environments:\n    p:\n      strategy: { type: rolling, max_surge: 0, max_unavailable: 0 }\n", "cannot both be 0");
     refuse("  from: build\n  command: x\n  health: { path: healthz }\n", "must start with /");
+    refuse("  from: build\n  command: x\n  health: { path: \"/h\\r\\nX-Injected: 1\" }\n", "control characters");
+    refuse("  from: build\n  command: x\n  health: { path: \"/a b\" }\n", "control characters");
     refuse("  from: build\n  command: x\n  environments:\n    p:\n      driver: docker\n", "needs an image");
     refuse("  from: build\n  command: x\n  environments:\n    p:\n      driver: vm\n", "not one of process, docker");
     let docker = Pipeline::parse(&format!("{DEPLOYED}deploy:\n  from: build\n  command: x\n  environments:\n    p:\n      driver: docker\n      image: app:1\n")).unwrap();

@@ -25,7 +25,7 @@ use wharf_proto::{
 };
 
 use crate::error::HttpError;
-use crate::extract::{BodyOrQuery, JsonBody, JsonPath};
+use crate::extract::{BodyOrQuery, JsonBody, JsonPath, LargeJsonBody};
 use crate::openapi::{tags, IdPath};
 use crate::{auth, FrontState};
 
@@ -653,7 +653,7 @@ async fn commit_files(
     State(state): State<Shared>,
     headers: HeaderMap,
     JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>,
-    JsonBody(body): JsonBody<CommitBody>,
+    LargeJsonBody(body): LargeJsonBody<CommitBody>,
 ) -> ApiResult {
     let principal = writer(&state, &headers)?;
     let name = repo_name(&owner, &name)?;

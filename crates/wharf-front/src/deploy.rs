@@ -670,9 +670,11 @@ fn app_environment(state: &FrontState, path: &AppPath) -> Result<EnvironmentReco
 
 /// Passes the request to one of `candidates` (instance, weight), chosen in weighted turn; an
 /// instance that does not answer is skipped for the next, so a retiring or dead instance
-/// costs a request nothing.
+/// costs a request nothing. Wharf's credentials are removed first (a Wharf token in
+/// `Authorization`, Wharf's session cookie): an app never sees them.
 async fn proxy(state: &FrontState, env: &EnvironmentRecord, mut candidates: Vec<(InstanceRecord, u64)>, rest: &str, request: Request) -> ApiResult {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    crate::auth::strip_wharf_credentials(&mut parts.headers, |token| state.directory.authenticate(token).is_some());
     let body = axum::body::to_bytes(body, MAX_APP_BODY).await.map_err(|_| ApiError::TooLarge {
         what: "the request body".into(),
         limit: MAX_APP_BODY as u64,

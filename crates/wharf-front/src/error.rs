@@ -34,6 +34,8 @@ pub fn status_of(error: &ApiError) -> StatusCode {
         ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
         ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ApiError::GitFailed { .. } | ApiError::Internal { .. } => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -75,7 +77,7 @@ impl IntoResponse for HttpError {
         };
         let mut response = (status, axum::Json(body)).into_response();
         match &error {
-            ApiError::Unavailable { retry_after_secs, .. } => {
+            ApiError::Unavailable { retry_after_secs, .. } | ApiError::RateLimited { retry_after_secs, .. } => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));

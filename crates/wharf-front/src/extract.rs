@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::{Method, StatusCode};
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use wharf_proto::ApiError;
 
@@ -12,33 +12,74 @@ use crate::FrontState;
 
 type Shared = std::sync::Arc<FrontState>;
 
-/// A JSON body.
+/// A JSON body of at most [`crate::HttpLimits::max_json_body_bytes`], sent as
+/// `Content-Type: application/json` (415 otherwise: a browser's cross-site form cannot send
+/// that type without a CORS preflight, which the front never grants).
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<Shared> for JsonBody<T> {
     type Rejection = HttpError;
 
     async fn from_request(request: Request, state: &Shared) -> Result<Self, Self::Rejection> {
-        let bytes = read_body(request, state).await?;
+        require_json(request.headers())?;
+        let bytes = read_body(request, state.config.limits.max_json_body_bytes).await?;
         parse_json(&bytes).map(JsonBody)
     }
 }
 
-/// The seed API's arguments: a JSON body, or for a GET without a body, the same fields as
-/// query parameters.
+/// A JSON body of at most [`crate::FrontConfig::max_api_body_bytes`]: the commit route's, whose
+/// body carries file contents. Otherwise as [`JsonBody`].
+pub struct LargeJsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Shared> for LargeJsonBody<T> {
+    type Rejection = HttpError;
+
+    async fn from_request(request: Request, state: &Shared) -> Result<Self, Self::Rejection> {
+        require_json(request.headers())?;
+        let bytes = read_body(request, state.config.max_api_body_bytes).await?;
+        parse_json(&bytes).map(LargeJsonBody)
+    }
+}
+
+/// The seed API's arguments: a JSON body, or for a request without a body, the same fields as
+/// query parameters. A body must be JSON, as for [`JsonBody`].
 pub struct BodyOrQuery<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<Shared> for BodyOrQuery<T> {
     type Rejection = HttpError;
 
     async fn from_request(request: Request, state: &Shared) -> Result<Self, Self::Rejection> {
-        let is_get = request.method() == Method::GET;
         let query = request.uri().query().unwrap_or("").to_owned();
-        let bytes = read_body(request, state).await?;
-        if is_get && bytes.iter().all(u8::is_ascii_whitespace) {
+        let announced = announced_length(request.headers());
+        let chunked = request.headers().contains_key(axum::http::header::TRANSFER_ENCODING);
+        if announced.unwrap_or(0) > 0 || chunked {
+            require_json(request.headers())?;
+        }
+        let bytes = read_body(request, state.config.limits.max_json_body_bytes).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
             return serde_urlencoded_from_query(&query).map(BodyOrQuery);
         }
         parse_json(&bytes).map(BodyOrQuery)
+    }
+}
+
+/// Refuses a body that is not declared as JSON (`application/json`, parameters allowed, or an
+/// `application/*+json` type).
+fn require_json(headers: &axum::http::HeaderMap) -> Result<(), HttpError> {
+    let given = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let essence = given.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let json = essence == "application/json"
+        || essence.strip_prefix("application/").is_some_and(|subtype| subtype.ends_with("+json"));
+    if json {
+        Ok(())
+    } else {
+        Err(HttpError(ApiError::UnsupportedMediaType {
+            given: given.chars().take(100).collect(),
+            expected: "Content-Type: application/json".into(),
+        }))
     }
 }
 
@@ -51,28 +92,28 @@ fn serde_urlencoded_from_query<T: DeserializeOwned>(query: &str) -> Result<T, Ht
         .map_err(|rejection| HttpError(ApiError::invalid(rejection.body_text())))
 }
 
-async fn read_body(request: Request, state: &Shared) -> Result<Bytes, HttpError> {
-    let limit = state.config.max_api_body_bytes;
+/// Reads a body of at most `limit` bytes: refused from its announced length before a byte is
+/// read, and cut off as soon as a body without one passes the limit.
+async fn read_body(request: Request, limit: usize) -> Result<Bytes, HttpError> {
     let too_large = || {
         HttpError(ApiError::TooLarge {
             what: "the request body".into(),
             limit: limit as u64,
         })
     };
-    // An announced length over the limit is refused before a byte of the body is read.
     if announced_length(request.headers()).is_some_and(|length| length > limit as u64) {
         return Err(too_large());
     }
-    Bytes::from_request(request, state).await.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_large()
-        } else {
-            HttpError(ApiError::invalid(format!(
-                "could not read the request body: {}",
-                rejection.body_text()
-            )))
+    let mut frames = request.into_body().into_data_stream();
+    let mut body = bytes::BytesMut::new();
+    while let Some(frame) = frames.next().await {
+        let frame = frame.map_err(|error| ApiError::invalid(format!("could not read the request body: {error}")))?;
+        if body.len() + frame.len() > limit {
+            return Err(too_large());
         }
-    })
+        body.extend_from_slice(&frame);
+    }
+    Ok(body.freeze())
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HttpError> {

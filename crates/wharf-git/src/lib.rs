@@ -35,7 +35,6 @@ const REPOSITORY_CONFIG: &str = "\
 \tfsyncMethod = fsync
 [uploadpack]
 \tallowFilter = true
-\tallowAnySHA1InWant = true
 ";
 
 /// One bare repository on disk.
@@ -130,8 +129,30 @@ impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
     }
 }
 
-/// Checks a path given by a client for a file in a tree: relative, `/`-separated, with no
-/// empty, `.`, `..` or `.git` components.
+/// Characters that change how text is displayed without being seen: bidirectional controls
+/// (which can make `main` and a branch that only looks like it read alike, or reorder a path
+/// on screen) and zero-width or otherwise invisible ones. Refused in the names and paths a
+/// client creates through the API.
+fn is_deceptive(c: char) -> bool {
+    matches!(c,
+        '\u{061C}' // Arabic letter mark
+        | '\u{00AD}' // soft hyphen
+        | '\u{180E}' // Mongolian vowel separator
+        | '\u{200B}'..='\u{200F}' // zero-width space, non-joiner, joiner; LRM, RLM
+        | '\u{202A}'..='\u{202E}' // bidi embeddings and overrides
+        | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
+        | '\u{2066}'..='\u{2069}' // bidi isolates
+        | '\u{206A}'..='\u{206F}' // deprecated format characters
+        | '\u{FEFF}' // zero-width no-break space
+        | '\u{FFF9}'..='\u{FFFB}' // interlinear annotations
+    )
+}
+
+/// Checks a path given by a client for a file in a tree: relative, `/`-separated, each
+/// component valid by git's rules for what may be checked out (gix-validate, with the HFS+
+/// and NTFS protections on, so `.git` in any disguise is refused: `.GIT`, `.git\u{200c}`,
+/// `GIT~1`, `.git.`, `.git::$INDEX_ALLOCATION`). What no repository can hold (git's fsck
+/// refuses the same names on push) is a 400, never a search for it.
 pub fn validate_tree_path(path: &str) -> Result<(), ApiError> {
     let refuse = |reason: &str| {
         Err(ApiError::invalid(format!(
@@ -148,45 +169,74 @@ pub fn validate_tree_path(path: &str) -> Result<(), ApiError> {
     if path.chars().any(|c| c.is_control()) {
         return refuse("contains a control character");
     }
+    let options = gix_validate::path::component::Options {
+        // Windows device names and characters are allowed: git allows them on Unix, and a
+        // repository pushed from one may hold `aux.c`.
+        protect_windows: false,
+        protect_hfs: true,
+        protect_ntfs: true,
+    };
     for component in path.split('/') {
-        match component {
-            "" => return refuse("has an empty component or a leading or trailing '/'"),
-            "." | ".." => return refuse("has a '.' or '..' component"),
-            c if c.eq_ignore_ascii_case(".git") => return refuse("has a '.git' component"),
-            _ => {}
+        if component.is_empty() {
+            return refuse("has an empty component or a leading or trailing '/'");
+        }
+        if let Err(error) = gix_validate::path::component(component.into(), None, options) {
+            return refuse(&format!("has a component {component:?} git does not allow: {error}"));
         }
     }
     Ok(())
 }
 
-/// Checks a branch name: what `git check-ref-format --branch` accepts, minus the exotic.
+/// Checks the path of a file a client creates through the API: [`validate_tree_path`], and no
+/// invisible or bidirectional-control characters (see `is_deceptive`).
+pub fn validate_new_path(path: &str) -> Result<(), ApiError> {
+    validate_tree_path(path)?;
+    if let Some(c) = path.chars().find(|c| is_deceptive(*c)) {
+        return Err(ApiError::invalid(format!(
+            "path {:?} contains the invisible or bidirectional character U+{:04X}",
+            path.chars().take(200).collect::<String>(),
+            c as u32
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the name of a branch that exists or may be read: git's rules for a reference name
+/// (gix-validate on `refs/heads/NAME`: no `..`, `@{`, control characters, spaces, `~^:?*[\`,
+/// no component that starts with `.` or ends with `.lock`), not `HEAD`, not starting with `-`.
 pub fn validate_branch_name(name: &str) -> Result<(), ApiError> {
-    let refuse = |reason: &str| {
+    let refuse = |reason: String| {
         Err(ApiError::InvalidName {
             name: name.chars().take(200).collect(),
-            reason: reason.to_owned(),
+            reason,
         })
     };
     if name.is_empty() || name.len() > 200 {
-        return refuse("a branch name has 1 to 200 bytes");
+        return refuse("a branch name has 1 to 200 bytes".into());
     }
-    if name.starts_with('-') || name.starts_with('/') || name.ends_with('/') {
-        return refuse("a branch name may not start with '-' or '/' or end with '/'");
-    }
-    if name.ends_with(".lock") || name.ends_with('.') || name.contains("..") || name.contains("//") || name.contains("@{") {
-        return refuse("a branch name may not contain '..', '//', '@{' or end with '.' or '.lock'");
+    if name.starts_with('-') {
+        return refuse("a branch name may not start with '-'".into());
     }
     if name == "HEAD" || name == "@" {
-        return refuse("HEAD and @ are reserved");
+        return refuse("HEAD and @ are reserved".into());
     }
-    if name
-        .chars()
-        .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\'))
-    {
-        return refuse("a branch name may not contain spaces, control characters or ~^:?*[\\");
+    let full = format!("refs/heads/{name}");
+    if let Err(error) = gix_validate::reference::branch_name(full.as_str().into()) {
+        return refuse(format!("not a valid git branch name: {error}"));
     }
-    if name.split('/').any(|c| c.starts_with('.')) {
-        return refuse("no component of a branch name may start with '.'");
+    Ok(())
+}
+
+/// Checks the name of a branch a client creates (or commits to) through the API:
+/// [`validate_branch_name`], and no invisible or bidirectional-control characters, which would
+/// let one branch pass for another.
+pub fn validate_new_branch_name(name: &str) -> Result<(), ApiError> {
+    validate_branch_name(name)?;
+    if let Some(c) = name.chars().find(|c| is_deceptive(*c)) {
+        return Err(ApiError::InvalidName {
+            name: name.chars().take(200).collect(),
+            reason: format!("a branch name may not contain the invisible or bidirectional character U+{:04X}", c as u32),
+        });
     }
     Ok(())
 }

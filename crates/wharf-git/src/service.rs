@@ -26,6 +26,11 @@ pub fn spawn_service(
     command
         // Durability: a push is acknowledged only once objects and refs are on disk.
         .args(["-c", "core.fsync=objects,reference", "-c", "core.fsyncMethod=fsync"])
+        // Only what refs reach is served to protocol v0 and v1 fetches; repositories created
+        // before this setting have `allowAnySHA1InWant = true` in their config, which the
+        // command line overrides. Protocol v2's upload-pack does not check wants at all (git
+        // 2.47), so there a deleted commit stays fetchable by id until it is pruned.
+        .args(["-c", "uploadpack.allowAnySHA1InWant=false"])
         .arg(match service {
             GitService::UploadPack => "upload-pack",
             GitService::ReceivePack => "receive-pack",

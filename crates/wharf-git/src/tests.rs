@@ -64,7 +64,7 @@ fn commit_files_then_read_tree_blob_and_log() {
     assert!(!blob.binary);
 
     let detail = repo.commit_detail(&second).unwrap();
-    assert_eq!(detail.commit.parents, [first.clone()]);
+    assert_eq!(detail.commit.parents, std::slice::from_ref(&first));
     assert_eq!(detail.files.len(), 1);
     assert_eq!((detail.files[0].change, detail.additions, detail.deletions), (ChangeKind::Modified, 1, 0));
 
@@ -159,4 +159,60 @@ fn merge_strategies_and_conflicts() {
     let compare = repo.compare("main", "clash").unwrap();
     assert_eq!(compare.ahead_by, 1);
     assert_eq!(compare.files.len(), 1);
+}
+
+/// Names git cannot store, or that hide `.git` or pass for another name, are refused with a
+/// 400-class error, not a 500 from the ref store (issue 14).
+#[test]
+fn names_git_refuses_or_that_disguise_themselves_are_invalid() {
+    let (_dir, repo) = new_repo();
+    commit(&repo, "main", vec![put("a.txt", "a\n")]).unwrap();
+    for name in [
+        "a.lock/b",
+        "a/b.lock",
+        "x.lock",
+        "a/.hidden",
+        "a//b",
+        "a b",
+        "a~1",
+        "@",
+        "HEAD",
+        "-x",
+        "a@{1}",
+        "ma\u{202E}in",
+        "ma\u{200B}in",
+        "ma\u{2066}in",
+        "\u{FEFF}main",
+    ] {
+        let created = repo.create_branch(name, None);
+        assert!(matches!(created, Err(ApiError::InvalidName { .. })), "{name:?}: {created:?}");
+        let committed = commit(&repo, name, vec![put("b.txt", "b\n")]);
+        assert!(matches!(committed, Err(ApiError::InvalidName { .. })), "{name:?}: {committed:?}");
+    }
+    for name in ["feature/x", "release-1.2", "ünïcode", "a.b/c_d"] {
+        repo.create_branch(name, None).unwrap_or_else(|e| panic!("{name:?}: {e}"));
+    }
+    for path in [
+        ".git/config",
+        ".GIT/config",
+        ".git\u{200C}/config",
+        ".g\u{200D}it/hooks/x",
+        "GIT~1/config",
+        "git~1/config",
+        ".git./x",
+        ".git /x",
+        ".git::$INDEX_ALLOCATION/x",
+        "a/../b",
+        "a//b",
+        "a/./b",
+        "/abs",
+        "x/",
+        "evil\u{202E}txt.exe",
+        "zero\u{200B}width",
+    ] {
+        let committed = commit(&repo, "main", vec![put(path, "x\n")]);
+        assert!(matches!(committed, Err(ApiError::InvalidRequest { .. })), "{path:?}: {committed:?}");
+    }
+    assert!(matches!(repo.blob(Some("main"), "GIT~1/config"), Err(ApiError::InvalidRequest { .. })));
+    commit(&repo, "main", vec![put("aux.c", "x\n"), put("dir/.gitignore", "x\n"), put("ünï/côde.txt", "x\n")]).unwrap();
 }

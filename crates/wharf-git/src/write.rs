@@ -15,12 +15,12 @@ use wharf_proto::{
     ApiError, BranchView, CommitDetail, CommitFilesRequest, FileActionKind, MergeOutcome, MergeRequest, MergeStrategy,
 };
 
-use crate::{validate_branch_name, validate_tree_path, Context, GitRepo};
+use crate::{validate_branch_name, validate_new_branch_name, validate_new_path, validate_tree_path, Context, GitRepo};
 
 impl GitRepo {
     /// Creates branch `name` at `from` (a branch, tag or commit; default: the default branch).
     pub fn create_branch(&self, name: &str, from: Option<&str>) -> Result<BranchView, ApiError> {
-        validate_branch_name(name)?;
+        validate_new_branch_name(name)?;
         let repo = self.local();
         let full_name = format!("refs/heads/{name}");
         if self.branch_tip(&repo, name)?.is_some() {
@@ -68,7 +68,7 @@ impl GitRepo {
 
     /// Makes one commit on `request.branch` from its file actions.
     pub fn commit_files(&self, request: &CommitFilesRequest) -> Result<CommitDetail, ApiError> {
-        validate_branch_name(&request.branch)?;
+        validate_new_branch_name(&request.branch)?;
         if request.actions.is_empty() {
             return Err(ApiError::invalid("a commit needs at least one action"));
         }
@@ -104,7 +104,11 @@ impl GitRepo {
         // What earlier actions of this request did, so that later ones see it.
         let mut touched: HashMap<&str, Option<EntryMode>> = HashMap::new();
         for action in &request.actions {
-            validate_tree_path(&action.path)?;
+            match action.action {
+                // A file that exists may be removed whatever its name.
+                FileActionKind::Delete => validate_tree_path(&action.path)?,
+                _ => validate_new_path(&action.path)?,
+            }
             let existing = match touched.get(action.path.as_str()) {
                 Some(mode) => *mode,
                 None => base

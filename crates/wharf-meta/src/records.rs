@@ -157,6 +157,13 @@ pub fn apply(store: &mut dyn RecordsMut, command: Command) -> CommandResult {
             if REPOS.contains(store, &key) {
                 return Err(ApiError::RepoExists { repo: key });
             }
+            // Names are unique regardless of case (`Acme/App` beside `acme/app` would pass for
+            // it in a clone URL). Names are ASCII, so ASCII case folding is all there is. A
+            // scan of the names, once per creation: linear in the number of repositories, with
+            // no index to migrate.
+            if let Some(twin) = REPOS.keys(store, &()).into_iter().find(|existing| existing.eq_ignore_ascii_case(&key)) {
+                return Err(ApiError::RepoExists { repo: twin });
+            }
             let record = RepoRecord {
                 id: RepoId(REPO_IDS.next(store)),
                 name,
@@ -363,6 +370,9 @@ mod tests {
         let Ok(CommandOutcome::Repo(first)) = create(&mut state, "a/one") else { panic!() };
         assert_eq!(first.id, RepoId(1));
         assert_eq!(create(&mut state, "a/one"), Err(ApiError::RepoExists { repo: "a/one".into() }));
+        for twin in ["A/one", "a/ONE", "A/One"] {
+            assert_eq!(create(&mut state, twin), Err(ApiError::RepoExists { repo: "a/one".into() }), "{twin}");
+        }
         state.apply(Command::DeleteRepo { name: name("a/one") }).unwrap();
         let Ok(CommandOutcome::Repo(again)) = create(&mut state, "a/one") else { panic!() };
         assert_eq!(again.id, RepoId(2), "ids are never reused");

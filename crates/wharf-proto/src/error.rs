@@ -154,6 +154,22 @@ pub enum ApiError {
         /// What is in the way.
         message: String,
     },
+    /// A client over its budget of requests of some kind; it may retry after a while.
+    #[error("too many {what} from this client; retry in {retry_after_secs}s")]
+    RateLimited {
+        /// What it sent too many of (`writes`, `failed authentications`).
+        what: String,
+        /// Seconds after which a retry may succeed.
+        retry_after_secs: u32,
+    },
+    /// A body in a format the endpoint does not take (a JSON endpoint sent a form).
+    #[error("unsupported media type {given:?}: send {expected}")]
+    UnsupportedMediaType {
+        /// The `Content-Type` sent, or empty when there was none.
+        given: String,
+        /// The type the endpoint takes.
+        expected: String,
+    },
 }
 
 impl ApiError {
@@ -179,6 +195,8 @@ impl ApiError {
             ApiError::Internal { .. } => "internal",
             ApiError::NotFound { .. } => "not_found",
             ApiError::Conflict { .. } => "conflict",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
         }
     }
 

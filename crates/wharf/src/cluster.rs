@@ -278,18 +278,19 @@ pub async fn run_front(args: ProcessArgs) -> anyhow::Result<()> {
         .await
         .context("the cluster's state did not arrive")?;
     let public_url = format!("http://{address}");
+    let limits = wharf_front::HttpLimits::default().with_env_overrides()?;
     let app = wharf_front::app(
         FrontConfig {
             public_url: public_url.clone(),
             metrics_addr: Some(crate::telemetry::advertised(address, settings.listen)),
+            limits: limits.clone(),
             ..FrontConfig::default()
         },
         meta.directory(),
         telemetry,
     );
     println!("wharf: serving on {public_url}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+    wharf_front::serve(listener, app, &limits, shutdown_signal())
         .await
         .context("the HTTP server failed")?;
     meta.shutdown().await.context("cannot stop the metadata store cleanly")?;

@@ -61,10 +61,12 @@ pub async fn run(
         .context("cannot start the storage node")?;
     telemetry.add_collector(node.metrics_collector());
     let public_url = format!("http://{address}");
+    let limits = wharf_front::HttpLimits::default().with_env_overrides()?;
     let app = wharf_front::app(
         FrontConfig {
             public_url: public_url.clone(),
             metrics_addr: Some(address.to_string()),
+            limits: limits.clone(),
             ..FrontConfig::default()
         },
         meta.directory(),
@@ -73,9 +75,8 @@ pub async fn run(
 
     println!("wharf: serving on {public_url}");
     println!("wharf: admin token {token} (also in {})", data_dir.join("admin-token").display());
-    println!("wharf: try  curl -H 'Authorization: Bearer {token}' -d '{{\"name\":\"acme/app\"}}' {public_url}/api/v1/repos");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+    println!("wharf: try  curl -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' -d '{{\"name\":\"acme/app\"}}' {public_url}/api/v1/repos");
+    wharf_front::serve(listener, app, &limits, shutdown_signal())
         .await
         .context("the HTTP server failed")?;
 
