@@ -47,9 +47,16 @@ impl Process {
     /// Starts `wharf ARGS` with the log filter `log` (`WHARF_LOG`), for a test that reads the
     /// log lines.
     pub fn spawn_logging(name: &str, args: &[String], log: &str) -> Process {
+        Process::spawn_env(name, args, log, &[])
+    }
+
+    /// Like [`Process::spawn_logging`], with the variables `env` set too (a cluster's
+    /// `WHARF_COOKIE`, say).
+    pub fn spawn_env(name: &str, args: &[String], log: &str, env: &[(&str, &str)]) -> Process {
         let mut child = Command::new(wharf_binary())
             .args(args)
             .env("WHARF_LOG", log)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
