@@ -126,6 +126,33 @@ fn a_joiner_with_the_wrong_cookie_exits_within_seconds_and_creates_nothing() {
     assert_eq!(cluster.front.get("/api/v1/repos").status, 200, "the cluster is unaffected");
 }
 
+/// A member restarted with the wrong cookie holds a valid certificate, so TLS lets it in; it
+/// asks its peers to check the cookie first, and exits as fast as a new joiner does.
+#[test]
+fn a_member_restarted_with_the_wrong_cookie_exits_within_seconds() {
+    let mut cluster = LocalCluster::start(2);
+    cluster.kill_node(2);
+    let args = vec![
+        "node".to_owned(),
+        "--id".into(),
+        "2".into(),
+        "--data-dir".into(),
+        cluster.node_dir(2).display().to_string(),
+        "--listen".into(),
+        cluster.node_addr(2),
+    ];
+    let started = Instant::now();
+    let mut node = Process::spawn_env("node2", &args, "warn", &[("WHARF_COOKIE", &random_cookie())]);
+    let message = node.wait_for_line("wharf: ", Duration::from_secs(60));
+    let status = node.wait_exit(Duration::from_secs(30));
+    let elapsed = started.elapsed();
+    eprintln!("the restarted member was refused and exited in {elapsed:?}");
+    assert!(message.contains("the cluster refused this node's cookie"), "{message}");
+    assert!(!status.success());
+    assert!(elapsed < Duration::from_secs(15), "{elapsed:?}");
+    cluster.restart_node(2);
+}
+
 #[test]
 fn connections_that_never_authenticate_are_cut_off_and_counted() {
     let dir = tempfile::tempdir().unwrap();

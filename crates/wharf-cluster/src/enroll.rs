@@ -14,6 +14,9 @@
 //!    it. The joiner trusts the CA only if that MAC checks, so a member that does not know the
 //!    cookie cannot hand it a CA of its own.
 //!
+//! A member that restarts sends the same request with no public key, to check its cookie
+//! before it goes on ([`check_cookie`]): the answer is then only "accepted" or "refused".
+//!
 //! Nothing secret crosses in clear: the certificates are public, the key is sealed, and the
 //! MACs are bound to nonces, so a recorded exchange cannot be replayed. An eavesdropper could
 //! try to guess the cookie offline from a MAC, which is why cookies of fewer than 16
@@ -105,17 +108,19 @@ enum Reply {
     },
     /// The request's MAC was wrong.
     CookieRefused,
+    /// The request's MAC was right and it asked for no certificate (a cookie check).
+    CookieAccepted,
     /// The member cannot issue (no CA key, or a malformed request).
     CannotIssue { reason: String },
 }
 
-/// The member's side: answers one enrollment on `stream` (the preamble already read).
-/// Returns whether a certificate was issued.
+/// The member's side: answers one enrollment or cookie check on `stream` (the preamble
+/// already read).
 pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     cookie: &Cookie,
     identity: &Identity,
-) -> std::io::Result<bool> {
+) -> std::io::Result<Served> {
     let server_nonce = nonce();
     write_frame(stream, &hex::encode(server_nonce).into_bytes()).await?;
     let request = read_frame(stream, MAX_REQUEST_BYTES).await?;
@@ -129,6 +134,8 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let proof = request_proof(&server_nonce, &client_nonce, request.node, &public_key);
     let reply = if hmac::verify(&key, &proof, &mac).is_err() {
         Reply::CookieRefused
+    } else if public_key.is_empty() {
+        Reply::CookieAccepted
     } else {
         match identity.issue(NodeId(request.node), &public_key) {
             Err(error) => Reply::CannotIssue { reason: error.to_string() },
@@ -150,46 +157,41 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     };
-    let issued = matches!(reply, Reply::Issued { .. });
+    let outcome = match &reply {
+        Reply::Issued { .. } => Served::Issued,
+        Reply::CookieAccepted => Served::Checked,
+        Reply::CookieRefused | Reply::CannotIssue { .. } => Served::Refused,
+    };
     write_frame(stream, &serde_json::to_vec(&reply).map_err(invalid)?).await?;
     stream.flush().await?;
-    Ok(issued)
+    Ok(outcome)
+}
+
+/// What [`serve`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Served {
+    /// Issued a certificate.
+    Issued,
+    /// Confirmed a cookie.
+    Checked,
+    /// Refused: a wrong cookie, or nothing to issue with.
+    Refused,
 }
 
 /// The joiner's side: asks the member at `addr` for a certificate for node `node`.
 pub async fn enroll(addr: &str, node: NodeId, cookie: &Cookie, timeout: Duration) -> Result<Identity, EnrollError> {
-    let unreachable = |reason: String| EnrollError::Unreachable {
+    let (member_key, public_key) = crate::tls::new_member_key().map_err(|source| EnrollError::Certificate {
         addr: addr.to_owned(),
-        reason,
-    };
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.write_all(crate::listener::PREAMBLE_ENROLL).await?;
-        let server_nonce = hex::decode(read_frame(&mut stream, 64).await?).map_err(invalid)?;
-        let (member_key, public_key) = crate::tls::new_member_key().map_err(invalid)?;
-        let client_nonce = nonce();
-        let key = hmac::Key::new(hmac::HMAC_SHA256, cookie.expose().as_bytes());
-        let mac = hmac::sign(&key, &request_proof(&server_nonce, &client_nonce, node.0, &public_key));
-        let request = Request {
-            node: node.0,
-            public_key: hex::encode(&public_key),
-            nonce: hex::encode(client_nonce),
-            mac: hex::encode(mac.as_ref()),
-        };
-        write_frame(&mut stream, &serde_json::to_vec(&request).map_err(invalid)?).await?;
-        let reply: Reply = serde_json::from_slice(&read_frame(&mut stream, MAX_REPLY_BYTES).await?).map_err(invalid)?;
-        Ok::<_, std::io::Error>((reply, member_key, key, server_nonce, client_nonce))
-    };
-    let (reply, member_key, key, server_nonce, client_nonce) = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
-        .map_err(|error| unreachable(error.to_string()))?;
-    match reply {
+        source,
+    })?;
+    let exchange = exchange(addr, node, cookie, &public_key, timeout).await?;
+    match exchange.reply {
         Reply::CookieRefused => Err(EnrollError::CookieRefused { addr: addr.to_owned() }),
         Reply::CannotIssue { reason } => Err(EnrollError::CannotIssue {
             addr: addr.to_owned(),
             reason,
         }),
+        Reply::CookieAccepted => Err(EnrollError::MemberUnproven { addr: addr.to_owned() }),
         Reply::Issued {
             ca,
             cert,
@@ -201,10 +203,11 @@ pub async fn enroll(addr: &str, node: NodeId, cookie: &Cookie, timeout: Duration
             let cert = hex::decode(cert).map_err(|_| unproven())?;
             let sealed = sealed_ca_key.map(hex::decode).transpose().map_err(|_| unproven())?;
             let mac = hex::decode(mac).map_err(|_| unproven())?;
-            let proof = reply_proof(&client_nonce, &server_nonce, &ca, &cert, sealed.as_deref());
-            hmac::verify(&key, &proof, &mac).map_err(|_| unproven())?;
+            let (key, server_nonce, client_nonce) = (&exchange.key, &exchange.server_nonce, &exchange.client_nonce);
+            let proof = reply_proof(client_nonce, server_nonce, &ca, &cert, sealed.as_deref());
+            hmac::verify(key, &proof, &mac).map_err(|_| unproven())?;
             let ca_key = sealed
-                .map(|sealed| open(&key, &server_nonce, &client_nonce, sealed))
+                .map(|sealed| open(key, server_nonce, client_nonce, sealed))
                 .transpose()
                 .map_err(|_| unproven())?;
             Identity::enrolled(&member_key, ca, cert, ca_key).map_err(|source| EnrollError::Certificate {
@@ -213,6 +216,57 @@ pub async fn enroll(addr: &str, node: NodeId, cookie: &Cookie, timeout: Duration
             })
         }
     }
+}
+
+/// A restarting member's check that the member at `addr` accepts its cookie. `Ok` also when
+/// that member cannot issue certificates (it checked the cookie first).
+pub async fn check_cookie(addr: &str, node: NodeId, cookie: &Cookie, timeout: Duration) -> Result<(), EnrollError> {
+    match exchange(addr, node, cookie, &[], timeout).await?.reply {
+        Reply::CookieRefused => Err(EnrollError::CookieRefused { addr: addr.to_owned() }),
+        Reply::CookieAccepted | Reply::CannotIssue { .. } => Ok(()),
+        Reply::Issued { .. } => Err(EnrollError::MemberUnproven { addr: addr.to_owned() }),
+    }
+}
+
+/// One request and its reply.
+struct Exchange {
+    reply: Reply,
+    key: hmac::Key,
+    server_nonce: Vec<u8>,
+    client_nonce: [u8; 32],
+}
+
+async fn exchange(addr: &str, node: NodeId, cookie: &Cookie, public_key: &[u8], timeout: Duration) -> Result<Exchange, EnrollError> {
+    let unreachable = |reason: String| EnrollError::Unreachable {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let run = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(crate::listener::PREAMBLE_ENROLL).await?;
+        let server_nonce = hex::decode(read_frame(&mut stream, 64).await?).map_err(invalid)?;
+        let client_nonce = nonce();
+        let key = hmac::Key::new(hmac::HMAC_SHA256, cookie.expose().as_bytes());
+        let mac = hmac::sign(&key, &request_proof(&server_nonce, &client_nonce, node.0, public_key));
+        let request = Request {
+            node: node.0,
+            public_key: hex::encode(public_key),
+            nonce: hex::encode(client_nonce),
+            mac: hex::encode(mac.as_ref()),
+        };
+        write_frame(&mut stream, &serde_json::to_vec(&request).map_err(invalid)?).await?;
+        let reply: Reply = serde_json::from_slice(&read_frame(&mut stream, MAX_REPLY_BYTES).await?).map_err(invalid)?;
+        Ok::<_, std::io::Error>(Exchange {
+            reply,
+            key,
+            server_nonce,
+            client_nonce,
+        })
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
+        .map_err(|error| unreachable(error.to_string()))
 }
 
 fn request_proof(server_nonce: &[u8], client_nonce: &[u8], node: u64, public_key: &[u8]) -> Vec<u8> {
@@ -290,4 +344,74 @@ async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S, max: usize) -> std::io
     let mut bytes = vec![0u8; len];
     stream.read_exact(&mut bytes).await?;
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A member on a free port that answers enrollments with `cookie` until the test ends.
+    async fn member(cookie: &str, identity: Identity) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cookie = Cookie::new(cookie).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut preamble = [0u8; 8];
+                stream.read_exact(&mut preamble).await.unwrap();
+                assert_eq!(&preamble, crate::listener::PREAMBLE_ENROLL);
+                let _ = serve(&mut stream, &cookie, &identity).await;
+            }
+        });
+        addr
+    }
+
+    const COOKIE: &str = "0123456789abcdef0123456789abcdef";
+    const OTHER: &str = "fedcba9876543210fedcba9876543210";
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_joiner_with_the_cookie_gets_a_certificate_and_the_ca_key() {
+        let addr = member(COOKIE, Identity::new_cluster(NodeId(1)).unwrap()).await;
+        let identity = enroll(&addr, NodeId(2), &Cookie::new(COOKIE).unwrap(), TIMEOUT).await.unwrap();
+        assert!(identity.can_issue(), "the CA key came along, so this member can enroll others");
+        check_cookie(&addr, NodeId(2), &Cookie::new(COOKIE).unwrap(), TIMEOUT).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_wrong_cookie_is_refused_in_both_kinds_of_request() {
+        let addr = member(COOKIE, Identity::new_cluster(NodeId(1)).unwrap()).await;
+        let wrong = Cookie::new(OTHER).unwrap();
+        let error = enroll(&addr, NodeId(2), &wrong, TIMEOUT).await.unwrap_err();
+        assert!(matches!(error, EnrollError::CookieRefused { .. }), "{error}");
+        assert!(error.to_string().contains("the cluster refused this node's cookie"));
+        let error = check_cookie(&addr, NodeId(2), &wrong, TIMEOUT).await.unwrap_err();
+        assert!(matches!(error, EnrollError::CookieRefused { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_member_without_the_ca_key_checks_cookies_but_issues_nothing() {
+        let first = Identity::new_cluster(NodeId(1)).unwrap();
+        let (key, public) = crate::tls::new_member_key().unwrap();
+        let cert = first.issue(NodeId(2), &public).unwrap();
+        let without_key = Identity::enrolled(&key, first.ca_der().to_vec(), cert, None).unwrap();
+        let addr = member(COOKIE, without_key).await;
+        let cookie = Cookie::new(COOKIE).unwrap();
+        let error = enroll(&addr, NodeId(3), &cookie, TIMEOUT).await.unwrap_err();
+        assert!(matches!(error, EnrollError::CannotIssue { .. }), "{error}");
+        check_cookie(&addr, NodeId(3), &cookie, TIMEOUT).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_frame_over_the_limit_is_refused_before_it_is_read() {
+        let (mut joiner, mut member) = tokio::io::duplex(64 * 1024);
+        let identity = Identity::new_cluster(NodeId(1)).unwrap();
+        let cookie = Cookie::new(COOKIE).unwrap();
+        let serving = tokio::spawn(async move { serve(&mut member, &cookie, &identity).await });
+        let _nonce = read_frame(&mut joiner, 64).await.unwrap();
+        joiner.write_all(&u16::MAX.to_be_bytes()).await.unwrap();
+        let error = serving.await.unwrap().unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        assert!(error.to_string().contains("over the limit of 1024"), "{error}");
+    }
 }

@@ -4,8 +4,9 @@
 //!   process's `ractor_cluster` node server behind it; every connection is mutual TLS 1.3 with
 //!   certificates of the cluster CA ([`tls::Identity`]), and ractor_cluster's cookie handshake
 //!   runs inside it ([`listener`] says why Wharf accepts and dials itself).
-//!   [`Cluster::connect`] dials a peer; [`Cluster::keep_connected`] dials every member the
-//!   metadata knows, so the mesh is full.
+//!   [`Cluster::connect`] dials a peer; [`Cluster::connect_all`] (while starting) and
+//!   [`Cluster::keep_connected`] (after) dial every member the metadata knows, so the mesh is
+//!   full.
 //! - [`enroll::enroll`] is how a process that has the cookie but no certificate yet gets one
 //!   from any member, before it creates anything in its data directory.
 //! - [`Cluster::serve_raft`] spawns this process's Raft endpoint: one remotable actor in the

@@ -130,14 +130,20 @@ async fn admit(stream: TcpStream, peer: SocketAddr, gate: &Gate) -> Result<(), (
             hand_over(gate, tls, peer, true).map_err(|e| ("tls", e))
         }
         PREAMBLE_ENROLL => {
-            let issued = crate::enroll::serve(&mut stream, &gate.cookie, &gate.identity)
+            use crate::enroll::Served;
+            let served = crate::enroll::serve(&mut stream, &gate.cookie, &gate.identity)
                 .await
                 .map_err(|e| ("enroll", e))?;
-            count("enroll", if issued { "issued" } else { "refused" });
-            if issued {
-                tracing::info!(%peer, "issued a cluster certificate");
-            } else {
-                tracing::warn!(%peer, "refused to enroll a process: wrong cookie, or this member cannot issue");
+            match served {
+                Served::Issued => {
+                    count("enroll", "issued");
+                    tracing::info!(%peer, "issued a cluster certificate");
+                }
+                Served::Checked => count("enroll", "checked"),
+                Served::Refused => {
+                    count("enroll", "refused");
+                    tracing::warn!(%peer, "refused a process: wrong cookie, or this member cannot issue certificates");
+                }
             }
             Ok(())
         }

@@ -25,6 +25,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a starting process waits to reach every member before it says it is ready (it
 /// goes on without those it cannot reach: a member may be down).
 const MESH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a restarting member waits for a peer to answer its cookie check.
+const COOKIE_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one enrollment exchange with a member may take.
 const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -246,6 +248,27 @@ async fn identity(settings: &Settings) -> anyhow::Result<(Identity, bool)> {
     }
 }
 
+/// A restarting member asks its peers whether they accept its cookie (a valid certificate
+/// gets it through TLS, but a wrong cookie would then fail every session for a minute, see
+/// issue 13): the first definite answer counts; peers that are down are skipped.
+async fn check_cookie(settings: &Settings, peers: &[String]) -> anyhow::Result<()> {
+    let mut checks = tokio::task::JoinSet::new();
+    for peer in peers {
+        let (peer, id, cookie) = (peer.clone(), settings.id, settings.cookie.clone());
+        checks.spawn(async move { wharf_cluster::enroll::check_cookie(&peer, id, &cookie, COOKIE_CHECK_TIMEOUT).await });
+    }
+    // Returning drops the set, which cancels the checks still running.
+    while let Some(result) = checks.join_next().await {
+        match result {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(error)) if error.is_transient() => {}
+            Ok(Err(error)) => return Err(error.into()),
+            Err(error) => tracing::warn!(%error, "a cookie check failed to run"),
+        }
+    }
+    Ok(())
+}
+
 /// Connects, opens the metadata store and serves Raft. Returns the cluster handle and store.
 async fn connect(settings: &Settings) -> anyhow::Result<(Cluster, Meta)> {
     let (identity, new) = identity(settings).await?;
@@ -273,7 +296,11 @@ async fn connect(settings: &Settings) -> anyhow::Result<(Cluster, Meta)> {
     peers.extend(meta.status().addresses.into_values());
     peers.sort();
     peers.dedup();
-    for peer in peers.iter().filter(|p| **p != settings.listen.to_string()) {
+    peers.retain(|p| *p != settings.listen.to_string());
+    if !new {
+        check_cookie(settings, &peers).await?;
+    }
+    for peer in &peers {
         if let Err(error) = cluster.connect(peer).await {
             tracing::warn!(%error, "peer not reachable now");
         }
