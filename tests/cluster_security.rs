@@ -291,6 +291,59 @@ fn cluster_traffic_carries_no_clear_text_secret() {
     }
 }
 
+/// An operator's own PKI (made with openssl here): members started with `--tls-cert`,
+/// `--tls-key` and `--tls-ca` form a cluster, write no certificates of their own, and, holding
+/// no CA key, enroll nobody.
+#[test]
+fn members_can_use_the_operators_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    let script = r#"set -e
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem \
+            -days 30 -subj "/CN=operator CA" -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+        printf 'subjectAltName=DNS:wharf-cluster\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature\n' > ext
+        for n in 1 2; do
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout node$n.key -out node$n.csr -subj "/CN=node $n"
+            openssl x509 -req -in node$n.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out node$n.pem -days 30 -extfile ext
+        done"#;
+    let made = std::process::Command::new("bash").args(["-c", script]).current_dir(&pki).output().unwrap();
+    assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+    let cookie = random_cookie();
+    let tls = |n: u64| -> Vec<String> {
+        let file = |name: String| pki.join(name).display().to_string();
+        vec![
+            "--tls-cert".into(),
+            file(format!("node{n}.pem")),
+            "--tls-key".into(),
+            file(format!("node{n}.key")),
+            "--tls-ca".into(),
+            file("ca.pem".into()),
+        ]
+    };
+    let port = free_port();
+    let mut args = node_args(&dir.path().join("n1"), 1, port);
+    args.extend(tls(1));
+    let mut first = Process::spawn_env("node1", &args, "warn", &[("WHARF_COOKIE", &cookie)]);
+    first.wait_for_line("wharf: node 1 ready", START_DEADLINE);
+    let mut args = node_args(&dir.path().join("n2"), 2, free_port());
+    args.extend(tls(2));
+    args.extend(["--join".into(), format!("127.0.0.1:{port}")]);
+    let mut second = Process::spawn_env("node2", &args, "warn", &[("WHARF_COOKIE", &cookie)]);
+    second.wait_for_line("wharf: node 2 ready", START_DEADLINE);
+    assert!(!dir.path().join("n2/tls").exists(), "no certificate of Wharf's own");
+
+    let mut args = node_args(&dir.path().join("n3"), 3, free_port());
+    args.extend(["--join".into(), format!("127.0.0.1:{port}")]);
+    let mut third = Process::spawn_env("node3", &args, "warn", &[("WHARF_COOKIE", &cookie)]);
+    let message = third.wait_for_line("wharf: ", Duration::from_secs(60));
+    assert!(message.contains("cannot issue certificates"), "{message}");
+    assert!(!third.wait_exit(Duration::from_secs(30)).success());
+    assert!(!dir.path().join("n3").exists());
+    second.stop();
+    first.stop();
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|window| window == needle)
 }
