@@ -12,7 +12,9 @@
 #                                                  (default 7100)
 #   WHARF_HTTP_PORT    the front's HTTP port       (default 8080)
 #   WHARF_BIN          the wharf binary            (default target/release/wharf, else target/debug/wharf)
-#   WHARF_COOKIE       the cluster cookie          (default: a random one, kept in the state dir)
+#   WHARF_COOKIE       the cluster cookie          (default: a random one, kept in $DIR/cookie,
+#                                                  mode 0600, passed to each process as
+#                                                  --cookie-file, never on a command line)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,11 +27,15 @@ fi
 [ -x "$WHARF_BIN" ] || { echo "cluster.sh: no wharf binary at $WHARF_BIN (cargo build --release -p wharf)" >&2; exit 1; }
 
 mkdir -p "$DIR"
-if [ -z "${WHARF_COOKIE:-}" ]; then
-    [ -f "$DIR/cookie" ] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DIR/cookie"
-    WHARF_COOKIE=$(cat "$DIR/cookie")
+# The cookie lives in a file only Wharf's user can read; each process reads it through
+# WHARF_COOKIE_FILE. A WHARF_COOKIE from the caller is written there first.
+if [ -n "${WHARF_COOKIE:-}" ]; then
+    (umask 077; printf '%s\n' "$WHARF_COOKIE" > "$DIR/cookie")
+    unset WHARF_COOKIE
+elif [ ! -f "$DIR/cookie" ]; then
+    (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DIR/cookie")
 fi
-export WHARF_COOKIE
+export WHARF_COOKIE_FILE="$DIR/cookie"
 
 # wait_for_line FILE TEXT: waits (60 s at most) until FILE has a line containing TEXT.
 wait_for_line() {

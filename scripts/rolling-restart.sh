@@ -3,7 +3,8 @@
 # no failed request: drain it (its repositories move to the others), restart it, undrain it,
 # and wait until the cluster is healthy and balanced again before the next one.
 #
-# Takes the same settings as scripts/cluster.sh (WHARF_CLUSTER_DIR, WHARF_BIN, ...).
+# Takes the same settings as scripts/cluster.sh (WHARF_CLUSTER_DIR, WHARF_BIN, ...); the
+# restarted nodes read the cluster's cookie from $WHARF_CLUSTER_DIR/cookie, as cluster.sh does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

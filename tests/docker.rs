@@ -6,7 +6,7 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use wharf_tests::cluster::{free_port, names_placed_on};
+use wharf_tests::cluster::{free_port, names_placed_on, random_cookie};
 use wharf_tests::{files_under, git_ok, wait_until, wharf_binary, Wharf};
 
 fn docker(args: &[&str]) -> Output {
@@ -25,6 +25,8 @@ struct DockerCluster {
     subnet: u8,
     containers: Vec<String>,
     image: String,
+    /// `WHARF_COOKIE=…`, a random cookie of this test's cluster.
+    cookie_env: String,
 }
 
 impl DockerCluster {
@@ -42,7 +44,7 @@ impl DockerCluster {
         let ip = self.ip(host);
         let network = self.network();
         let mut command = vec![
-            "run", "-d", "--name", &container, "--network", &network, "--ip", &ip, "-e", "WHARF_COOKIE=docker-test",
+            "run", "-d", "--name", &container, "--network", &network, "--ip", &ip, "-e", &self.cookie_env,
             "-e", "WHARF_LOG=warn",
         ];
         let port_mapping;
@@ -102,6 +104,7 @@ fn a_node_cut_off_its_network_takes_only_its_own_repositories_offline() {
         subnet: (pid % 200 + 20) as u8,
         containers: Vec::new(),
         image: format!("wharf:test-{pid}"),
+        cookie_env: format!("WHARF_COOKIE={}", random_cookie()),
     };
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/docker-image.sh");
     let built = Command::new("bash")

@@ -57,6 +57,7 @@ impl Process {
             .args(args)
             .envs(env.iter().copied())
             .env("WHARF_LOG", log)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

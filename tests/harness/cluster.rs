@@ -5,8 +5,13 @@ use std::path::PathBuf;
 
 use crate::{Process, Wharf, START_DEADLINE};
 
-/// The cookie of test clusters.
-pub const COOKIE: &str = "test-cookie";
+/// A new random cookie (64 hex digits), as `openssl rand -hex 32` makes one.
+pub fn random_cookie() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -27,6 +32,8 @@ pub struct LocalCluster {
     /// The front.
     pub front: Wharf,
     front_args: Vec<String>,
+    /// The cluster's cookie, given to every process as `WHARF_COOKIE`.
+    pub cookie: String,
     dir: tempfile::TempDir,
 }
 
@@ -48,12 +55,13 @@ impl LocalCluster {
         let extra: Box<dyn Fn(u64) -> Vec<String>> = Box::new(extra);
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let cookie = random_cookie();
         let mut nodes = Vec::new();
         for id in 1..=n as u64 {
             let join = (id > 1).then(|| format!("127.0.0.1:{}", ports[0]));
             let mut args = node_args(&dir, &ports, id, join);
             args.extend(extra(id));
-            let mut node = Process::spawn_logging(&format!("node{id}"), &args, log);
+            let mut node = Process::spawn_with_env(&format!("node{id}"), &args, log, &[("WHARF_COOKIE", &cookie)]);
             node.wait_for_line(&format!("wharf: node {id} ready"), START_DEADLINE);
             nodes.push(Some(node));
         }
@@ -70,10 +78,8 @@ impl LocalCluster {
             "127.0.0.1:0".into(),
             "--join".into(),
             format!("127.0.0.1:{}", ports[0]),
-            "--cookie".into(),
-            COOKIE.into(),
         ];
-        let mut front = Process::spawn_logging("front", &args, log);
+        let mut front = Process::spawn_with_env("front", &args, log, &[("WHARF_COOKIE", &cookie)]);
         let url = front.wait_for_line("wharf: serving on ", START_DEADLINE);
         let front_args = args.to_vec();
         let token = std::fs::read_to_string(dir.path().join("node1/admin-token"))
@@ -88,8 +94,24 @@ impl LocalCluster {
             log: log.to_owned(),
             front,
             front_args,
+            cookie,
             dir,
         }
+    }
+
+    /// Starts `wharf ARGS` as a member of this cluster: with its cookie and log filter.
+    pub fn spawn_member(&self, name: &str, args: &[String]) -> Process {
+        Process::spawn_with_env(name, args, &self.log, &[("WHARF_COOKIE", &self.cookie)])
+    }
+
+    /// Node `id`'s cluster address.
+    pub fn node_addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.ports[id as usize - 1])
+    }
+
+    /// The directory the cluster's data directories are in.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// Node `id`'s process, to read its output; `None` once it was killed.
@@ -105,7 +127,7 @@ impl LocalCluster {
         let join_at = self.front_args.iter().position(|a| a == "--join").expect("front joined");
         let joined = &self.front_args[join_at + 1];
         let args: Vec<String> = args.into_iter().filter(|a| a != joined).collect();
-        let mut front = Process::spawn_logging("front", &args, &self.log);
+        let mut front = self.spawn_member("front", &args);
         let url = front.wait_for_line("wharf: serving on ", START_DEADLINE);
         let token = self.front.token.clone();
         let data_dir = self.front.data_dir.clone();
@@ -129,7 +151,7 @@ impl LocalCluster {
         self.kill_node(id);
         let mut args = node_args(&self.dir, &self.ports, id, None);
         args.extend((self.extra)(id));
-        let mut node = Process::spawn_logging(&format!("node{id}"), &args, &self.log);
+        let mut node = self.spawn_member(&format!("node{id}"), &args);
         node.wait_for_line(&format!("wharf: node {id} ready"), START_DEADLINE);
         self.nodes[id as usize - 1] = Some(node);
     }
@@ -141,20 +163,19 @@ impl LocalCluster {
         let join = Some(format!("127.0.0.1:{}", self.ports[0]));
         let mut args = node_args(&self.dir, &self.ports, id, join);
         args.extend((self.extra)(id));
-        let mut node = Process::spawn_logging(&format!("node{id}"), &args, &self.log);
+        let mut node = self.spawn_member(&format!("node{id}"), &args);
         node.wait_for_line(&format!("wharf: node {id} ready"), START_DEADLINE);
         self.nodes.push(Some(node));
         id
     }
 
-    /// Starts a process that tries to join with `cookie`; the caller watches what it does.
+    /// Starts a process that tries to join with `cookie` (in `WHARF_COOKIE`); the caller
+    /// watches what it does. Its data directory is [`LocalCluster::node_dir`]`(id)`.
     pub fn spawn_joiner(&self, id: u64, cookie: &str) -> Process {
         let mut args = node_args(&self.dir, &[free_port()], id, Some(format!("127.0.0.1:{}", self.ports[0])));
-        let at = args.iter().position(|a| a == "--cookie").expect("cookie flag") + 1;
-        args[at] = cookie.to_owned();
         let at = args.iter().position(|a| a == "--listen").expect("listen flag") + 1;
         args[at] = format!("127.0.0.1:{}", free_port());
-        Process::spawn(&format!("joiner{id}"), &args)
+        Process::spawn_with_env(&format!("joiner{id}"), &args, &self.log, &[("WHARF_COOKIE", cookie)])
     }
 }
 
@@ -168,8 +189,6 @@ fn node_args(dir: &tempfile::TempDir, ports: &[u16], id: u64, join: Option<Strin
         dir.path().join(format!("node{id}")).display().to_string(),
         "--listen".into(),
         format!("127.0.0.1:{port}"),
-        "--cookie".into(),
-        COOKIE.into(),
     ];
     if let Some(join) = join {
         args.push("--join".into());

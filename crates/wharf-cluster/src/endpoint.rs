@@ -87,7 +87,7 @@ pub(crate) async fn spawn(id: NodeId, meta: Meta) -> Result<ActorRef<RaftMessage
 }
 
 /// The endpoint of node `id`, if it is connected.
-fn endpoint_of(id: u64) -> Option<ActorRef<RaftMessage>> {
+pub(crate) fn endpoint_of(id: u64) -> Option<ActorRef<RaftMessage>> {
     ractor::pg::get_members(&raft_group(NodeId(id)))
         .into_iter()
         .next()

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use serde::Deserialize;
-use wharf_cluster::{Cluster, JoinRequest};
+use wharf_cluster::{Cluster, Cookie, Identity, JoinRequest, OperatorFiles};
 use wharf_front::FrontConfig;
 use wharf_meta::{Meta, MetaConfig};
 use wharf_node::{NodeConfig, StorageNode};
@@ -22,6 +22,13 @@ use crate::bootstrap::{admin_token, register_node, shutdown_signal};
 
 /// How long a process waits for the cluster while starting.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a starting process waits to reach every member before it says it is ready (it
+/// goes on without those it cannot reach: a member may be down).
+const MESH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a restarting member waits for a peer to answer its cookie check.
+const COOKIE_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one enrollment exchange with a member may take.
+const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of a node or front: from `--config FILE` (TOML), overridden by flags and `WHARF_*`
 /// variables.
@@ -41,9 +48,31 @@ pub struct ProcessArgs {
     /// Its cluster address (`host:port`), where peers connect.
     #[arg(long, env = "WHARF_LISTEN")]
     listen: Option<SocketAddr>,
-    /// The shared secret every member of the cluster presents.
-    #[arg(long, env = "WHARF_COOKIE", hide_env_values = true)]
+    /// The shared secret every member of the cluster presents. Prefer WHARF_COOKIE or
+    /// --cookie-file: a value on the command line is visible to every user in the process
+    /// list, so Wharf warns about it.
+    #[arg(long)]
     cookie: Option<String>,
+    /// A file holding the cookie (surrounding whitespace ignored), readable by Wharf's user
+    /// only. Used when neither --cookie nor WHARF_COOKIE is set.
+    #[arg(long, env = "WHARF_COOKIE_FILE")]
+    cookie_file: Option<PathBuf>,
+    /// The value of WHARF_COOKIE, which `main` reads and removes from the environment before
+    /// anything starts, so that no child process (a CI job, a deployed app) inherits it.
+    #[arg(skip)]
+    #[serde(skip)]
+    env_cookie: Option<String>,
+    /// This member's certificate (PEM), if the operator provides the cluster's certificates;
+    /// with --tls-key and --tls-ca. Default: Wharf makes a cluster CA on the first node and
+    /// issues certificates to joiners that present the cookie.
+    #[arg(long, env = "WHARF_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// This member's private key (PEM, PKCS#8), with --tls-cert.
+    #[arg(long, env = "WHARF_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The CA certificate (PEM) that signed every member's certificate, with --tls-cert.
+    #[arg(long, env = "WHARF_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     /// A running member's cluster address; none to start a new cluster.
     #[arg(long)]
     #[serde(default)]
@@ -82,7 +111,9 @@ struct Settings {
     id: NodeId,
     data_dir: PathBuf,
     listen: SocketAddr,
-    cookie: String,
+    cookie: Cookie,
+    /// The operator's certificate files, if given.
+    tls: Option<OperatorFiles>,
     join: Vec<String>,
     weight: u32,
     http: SocketAddr,
@@ -95,6 +126,11 @@ struct Settings {
 }
 
 impl ProcessArgs {
+    /// Passes on the value WHARF_COOKIE had when the process started.
+    pub fn set_env_cookie(&mut self, cookie: Option<String>) {
+        self.env_cookie = cookie;
+    }
+
     fn resolve(self) -> anyhow::Result<Settings> {
         let file = match &self.config {
             Some(path) => {
@@ -106,8 +142,16 @@ impl ProcessArgs {
         let Some(id) = self.id.or(file.id) else {
             bail!("every process needs an id: pass --id N or set id in the config file");
         };
-        let Some(cookie) = self.cookie.or(file.cookie) else {
-            bail!("every process needs the cluster's cookie: pass --cookie, set WHARF_COOKIE, or set cookie in the config file");
+        let cookie = resolve_cookie(
+            self.cookie,
+            self.env_cookie,
+            self.cookie_file.or(file.cookie_file),
+            file.cookie,
+        )?;
+        let tls = match (self.tls_cert.or(file.tls_cert), self.tls_key.or(file.tls_key), self.tls_ca.or(file.tls_ca)) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(OperatorFiles { cert, key, ca }),
+            _ => return Err(wharf_cluster::TlsError::Partial.into()),
         };
         let listen = self.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7100 + id as u16)));
         let metrics_http = match self.metrics_http.or(file.metrics_http).as_deref().map(str::trim) {
@@ -122,6 +166,7 @@ impl ProcessArgs {
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(format!("./wharf-data-{id}"))),
             listen,
             cookie,
+            tls,
             join: if self.join.is_empty() { file.join } else { self.join },
             weight: self.weight.or(file.weight).unwrap_or(100),
             http: self.http.or(file.http).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
@@ -134,11 +179,111 @@ impl ProcessArgs {
     }
 }
 
+/// Where the cookie comes from, first found wins: `--cookie` (with a warning: the process list
+/// shows it), WHARF_COOKIE, a cookie file (`--cookie-file`, WHARF_COOKIE_FILE, `cookie_file`
+/// in the config file), `cookie` in the config file. Weak and example cookies are refused.
+fn resolve_cookie(
+    flag: Option<String>,
+    env: Option<String>,
+    file: Option<PathBuf>,
+    in_config: Option<String>,
+) -> anyhow::Result<Cookie> {
+    let value = if let Some(value) = flag {
+        eprintln!(
+            "wharf: warning: --cookie puts the cluster's secret in the process list, where every user of this \
+             machine can read it; use WHARF_COOKIE or --cookie-file instead"
+        );
+        value
+    } else if let Some(value) = env {
+        value
+    } else if let Some(path) = file {
+        warn_if_readable_by_others(&path);
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read the cookie file {}", path.display()))?
+    } else if let Some(value) = in_config {
+        value
+    } else {
+        bail!(
+            "every process needs the cluster's cookie: set WHARF_COOKIE or pass --cookie-file FILE \
+             (cookie_file in the config file); {}",
+            wharf_cluster::cookie::MAKE_ONE
+        );
+    };
+    Ok(Cookie::new(&value)?)
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            eprintln!(
+                "wharf: warning: the cookie file {} can be read by other users (mode {:o}); chmod 600 it",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            );
+        }
+    }
+}
+
+/// This member's certificates: the operator's files; or those in `DATA_DIR/tls`; or, for the
+/// first node of a new cluster (no `--join`), a new cluster CA; or, for a joiner, a
+/// certificate from a member, asked for before anything is created in the data directory (so
+/// a joiner with the wrong cookie leaves nothing behind). Returns whether it must be saved.
+async fn identity(settings: &Settings) -> anyhow::Result<(Identity, bool)> {
+    if let Some(files) = &settings.tls {
+        return Ok((Identity::load_files(files)?, false));
+    }
+    if let Some(identity) = Identity::load(&settings.data_dir.join("tls"))? {
+        return Ok((identity, false));
+    }
+    if settings.join.is_empty() {
+        tracing::info!("no cluster certificate yet and nothing to --join: making a new cluster CA");
+        return Ok((Identity::new_cluster(settings.id)?, true));
+    }
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        for addr in &settings.join {
+            match wharf_cluster::enroll::enroll(addr, settings.id, &settings.cookie, ENROLL_TIMEOUT).await {
+                Ok(identity) => return Ok((identity, true)),
+                Err(error) if error.is_transient() && tokio::time::Instant::now() < deadline => {
+                    tracing::info!(%error, "no certificate yet; trying again");
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A restarting member asks its peers whether they accept its cookie (a valid certificate
+/// gets it through TLS, but a wrong cookie would then fail every session for a minute, see
+/// issue 13): the first definite answer counts; peers that are down are skipped.
+async fn check_cookie(settings: &Settings, peers: &[String]) -> anyhow::Result<()> {
+    let mut checks = tokio::task::JoinSet::new();
+    for peer in peers {
+        let (peer, id, cookie) = (peer.clone(), settings.id, settings.cookie.clone());
+        checks.spawn(async move { wharf_cluster::enroll::check_cookie(&peer, id, &cookie, COOKIE_CHECK_TIMEOUT).await });
+    }
+    // Returning drops the set, which cancels the checks still running.
+    while let Some(result) = checks.join_next().await {
+        match result {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(error)) if error.is_transient() => {}
+            Ok(Err(error)) => return Err(error.into()),
+            Err(error) => tracing::warn!(%error, "a cookie check failed to run"),
+        }
+    }
+    Ok(())
+}
+
 /// Connects, opens the metadata store and serves Raft. Returns the cluster handle and store.
 async fn connect(settings: &Settings) -> anyhow::Result<(Cluster, Meta)> {
+    let (identity, new) = identity(settings).await?;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
-    let mut cluster = Cluster::start(settings.id, settings.listen, settings.cookie.clone()).await?;
+    if new {
+        identity.save(&settings.data_dir.join("tls"))?;
+    }
+    let mut cluster = Cluster::start(settings.id, settings.listen, settings.cookie.clone(), identity).await?;
     let meta = Meta::open(
         &settings.data_dir.join("meta"),
         settings.id,
@@ -157,7 +302,11 @@ async fn connect(settings: &Settings) -> anyhow::Result<(Cluster, Meta)> {
     peers.extend(meta.status().addresses.into_values());
     peers.sort();
     peers.dedup();
-    for peer in peers.iter().filter(|p| **p != settings.listen.to_string()) {
+    peers.retain(|p| *p != settings.listen.to_string());
+    if !new {
+        check_cookie(settings, &peers).await?;
+    }
+    for peer in &peers {
         if let Err(error) = cluster.connect(peer).await {
             tracing::warn!(%error, "peer not reachable now");
         }
@@ -223,6 +372,7 @@ pub async fn run_node(args: ProcessArgs) -> anyhow::Result<()> {
         .context("this node's record did not arrive")?;
     // A restarted node's record still names the metrics port of its last run.
     register_node(&meta, record).await?;
+    cluster.connect_all(&meta, &settings.listen.to_string(), MESH_TIMEOUT).await;
     let mut config = NodeConfig::new(settings.id, settings.data_dir.clone());
     config.runner_slots = settings.runner_slots;
     config.job_lease = settings.job_lease;
@@ -277,6 +427,7 @@ pub async fn run_front(args: ProcessArgs) -> anyhow::Result<()> {
     meta.wait_for_state(START_TIMEOUT, "the cluster's nodes", |d| !d.nodes().is_empty())
         .await
         .context("the cluster's state did not arrive")?;
+    cluster.connect_all(&meta, &settings.listen.to_string(), MESH_TIMEOUT).await;
     let public_url = format!("http://{address}");
     let limits = wharf_front::HttpLimits::default().with_env_overrides()?;
     let app = wharf_front::app(

@@ -14,6 +14,7 @@ mod client;
 mod cluster;
 mod dev;
 mod sandbox_args;
+mod secrets;
 mod telemetry;
 
 use std::net::SocketAddr;
@@ -133,7 +134,17 @@ fn main() -> std::process::ExitCode {
     // Everything Wharf writes (metadata, repositories, logs, artifacts, the admin token) is
     // its own: files 0600, directories 0700, whatever the caller's umask.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    // The cookie is read once, then removed from the environment, so that no child process (a
+    // CI job, a deployed app, git) inherits it and no job can read it from
+    // /proc/<pid>/environ. Done first, while this process has a single thread: changing the
+    // environment while another thread reads it is undefined behaviour in libc.
+    let env_cookie = secrets::take("WHARF_COOKIE");
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Dev { .. } | Command::Node { .. } | Command::Front { .. }) {
+        // A server never uses a client's token (clap has read it by now for the client
+        // commands); an administrator's exported one must not reach the jobs it runs either.
+        secrets::take("WHARF_TOKEN");
+    }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
@@ -169,8 +180,14 @@ fn main() -> std::process::ExitCode {
                 };
                 dev::run(data_dir, listen, std::time::Duration::from_secs(actor_idle_secs), runner_slots, meta, sandbox).await
             }
-            Command::Node { args } => cluster::run_node(args).await,
-            Command::Front { args } => cluster::run_front(args).await,
+            Command::Node { mut args } => {
+                args.set_env_cookie(env_cookie);
+                cluster::run_node(args).await
+            }
+            Command::Front { mut args } => {
+                args.set_env_cookie(env_cookie);
+                cluster::run_front(args).await
+            }
             Command::Repo { server, command } => client::repo(server, command).await,
             Command::Branch { server, command } => client::branch(server, command).await,
             Command::Cluster { server, command } => client::cluster(server, command).await,
