@@ -27,6 +27,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const MESH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a restarting member waits for a peer to answer its cookie check.
 const COOKIE_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a restarting member keeps asking when no peer answers its cookie check.
+const COOKIE_CHECK_PATIENCE: Duration = Duration::from_secs(10);
 /// How long one enrollment exchange with a member may take.
 const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -256,23 +258,32 @@ async fn identity(settings: &Settings) -> anyhow::Result<(Identity, bool)> {
 
 /// A restarting member asks its peers whether they accept its cookie (a valid certificate
 /// gets it through TLS, but a wrong cookie would then fail every session for a minute, see
-/// issue 13): the first definite answer counts; peers that are down are skipped.
+/// issue 13): the first definite answer counts. While every peer is unreachable or slow (a
+/// loaded machine, peers restarting too), it asks again, for up to [`COOKIE_CHECK_PATIENCE`];
+/// then it goes on, and a wrong cookie fails later, at the sessions.
 async fn check_cookie(settings: &Settings, peers: &[String]) -> anyhow::Result<()> {
-    let mut checks = tokio::task::JoinSet::new();
-    for peer in peers {
-        let (peer, id, cookie) = (peer.clone(), settings.id, settings.cookie.clone());
-        checks.spawn(async move { wharf_cluster::enroll::check_cookie(&peer, id, &cookie, COOKIE_CHECK_TIMEOUT).await });
-    }
-    // Returning drops the set, which cancels the checks still running.
-    while let Some(result) = checks.join_next().await {
-        match result {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(error)) if error.is_transient() => {}
-            Ok(Err(error)) => return Err(error.into()),
-            Err(error) => tracing::warn!(%error, "a cookie check failed to run"),
+    let deadline = tokio::time::Instant::now() + COOKIE_CHECK_PATIENCE;
+    loop {
+        let mut checks = tokio::task::JoinSet::new();
+        for peer in peers {
+            let (peer, id, cookie) = (peer.clone(), settings.id, settings.cookie.clone());
+            checks.spawn(async move { wharf_cluster::enroll::check_cookie(&peer, id, &cookie, COOKIE_CHECK_TIMEOUT).await });
         }
+        // Returning drops the set, which cancels the checks still running.
+        while let Some(result) = checks.join_next().await {
+            match result {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(error)) if error.is_transient() => {}
+                Ok(Err(error)) => return Err(error.into()),
+                Err(error) => tracing::warn!(%error, "a cookie check failed to run"),
+            }
+        }
+        if peers.is_empty() || tokio::time::Instant::now() >= deadline {
+            tracing::warn!("no peer could check this node's cookie; going on");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Ok(())
 }
 
 /// Connects, opens the metadata store and serves Raft. Returns the cluster handle and store.

@@ -396,7 +396,7 @@ mod tests {
         assert!(!args.contains("--ro-bind-try /etc /etc"), "/etc is not bound whole: {args}");
         assert!(args.find("--tmpfs /tmp") < args.find("--bind /data"), "/tmp comes before the binds beneath it");
         assert!(
-            args.contains("--perms 0755 --dir /data --perms 0755 --dir /data/ci --perms 0755 --dir /data/ci/work"),
+            args.contains("--perms 0755 --dir /data --perms 0755 --dir /data/ci --perms 0755 --dir /data/ci/mirrors --perms 0755 --dir /data/ci/work --ro-bind"),
             "the sandbox user can reach its directories by their full paths: {args}"
         );
         assert!(args.ends_with("-- prlimit --core=0 -- setpriv --reuid=65534 --regid=65534 --clear-groups --no-new-privs --inh-caps=-all"), "as root, setpriv switches users last: {args}");
