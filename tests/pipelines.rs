@@ -478,3 +478,73 @@ fn the_cli_runs_and_follows_a_pipeline_with_live_logs_and_a_summary() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("pipeline 999 not found"));
 }
+
+/// Issue 13, point 7: a change made through the API (a commit, a branch, a merge, the seed's
+/// branch endpoint, a deletion) records one event each in `/events` and runs the pipeline
+/// rules, exactly as a push does.
+#[test]
+fn commits_branches_and_merges_through_the_api_record_events_and_run_pipelines() {
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(data.path());
+    let repo = "acme/apiflow";
+    wharf.create_repo(repo);
+    let file = "stages: [build]\njobs:\n  hello:\n    stage: build\n    script: [echo \"built $WHARF_BRANCH at $WHARF_COMMIT_SHA\"]\n";
+    let commit = |branch: &str, path: &str, content: &str| {
+        let answer = wharf.post(
+            &format!("/api/v1/repos/{repo}/commits"),
+            serde_json::json!({"branch": branch, "message": format!("add {path}"), "actions": [{"action": "create", "path": path, "content": content}]}),
+        );
+        assert_eq!(answer.status, 201, "{answer:?}");
+        answer.json["commit"]["id"].as_str().unwrap().to_owned()
+    };
+    let pipelines = || wharf.get(&format!("/api/v1/repos/{repo}/pipelines")).json["pipelines"].as_array().unwrap().clone();
+    let events = || wharf.get(&format!("/api/v1/repos/{repo}/events")).json["events"].as_array().unwrap().clone();
+
+    // A commit through the API: one event, one pipeline, which runs.
+    let first = commit("main", ".wharf.yml", file);
+    let pipeline = finished_pipeline(&wharf, repo);
+    assert_eq!((pipeline["sha"].as_str(), pipeline["status"].as_str()), (Some(first.as_str()), Some("passed")), "{pipeline:#}");
+    let recorded = events();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0]["ref_name"], "refs/heads/main");
+    assert_eq!(recorded[0]["new"], first.as_str());
+    assert_eq!(recorded[0]["pusher"], "admin");
+
+    // A branch through the seed's endpoint, a commit on it, a merge back: an event each, and
+    // a pipeline for every branch tip they moved.
+    let seeded = wharf.post("/api/v1/repo/branch", serde_json::json!({"repo_url": repo, "branch_name": "feature"}));
+    assert_eq!(seeded.status, 201, "{seeded:?}");
+    let feature = commit("feature", "feature.txt", "new\n");
+    let merged = wharf.post(&format!("/api/v1/repos/{repo}/merges"), serde_json::json!({"base": "main", "head": "feature", "strategy": "merge"}));
+    assert_eq!(merged.status, 200, "{merged:?}");
+    let merge_sha = merged.json["commit"].as_str().unwrap().to_owned();
+    let deleted = wharf.delete(&format!("/api/v1/repos/{repo}/branches/feature"));
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+
+    let summary: Vec<(String, Option<String>)> = events()
+        .iter()
+        .map(|e| (e["ref_name"].as_str().unwrap().to_owned(), e["new"].as_str().map(str::to_owned)))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("refs/heads/main".to_owned(), Some(first.clone())),
+            ("refs/heads/feature".to_owned(), Some(first.clone())),
+            ("refs/heads/feature".to_owned(), Some(feature.clone())),
+            ("refs/heads/main".to_owned(), Some(merge_sha.clone())),
+            ("refs/heads/feature".to_owned(), None),
+        ]
+    );
+    // Pipelines: the first commit, the new branch, its commit, the merge.
+    let mut ran = Vec::new();
+    wait_until("four pipelines finish", Duration::from_secs(90), || {
+        ran = pipelines();
+        ran.len() >= 4 && ran.iter().all(|p| !matches!(p["status"].as_str(), Some("queued" | "running")))
+    });
+    for (branch, sha) in [("main", &first), ("feature", &first), ("feature", &feature), ("main", &merge_sha)] {
+        assert!(
+            ran.iter().any(|p| p["sha"] == sha.as_str() && p["ref"] == format!("refs/heads/{branch}") && p["status"] == "passed"),
+            "no passed pipeline for {branch} at {sha}: {ran:#?}"
+        );
+    }
+}

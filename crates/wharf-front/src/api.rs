@@ -125,6 +125,16 @@ pub(crate) async fn repo_call(state: &FrontState, name: &RepoName, request: Repo
     call_owner(state, &record, &message, state.config.node_timeout).await.map(|(_, reply)| reply)
 }
 
+/// Sends a write (a branch created or deleted, a commit, a merge) made by `principal` to the
+/// actor of repository `name`: the refs it changes are recorded under the principal's name.
+pub(crate) async fn repo_write(state: &FrontState, name: &RepoName, principal: &Principal, request: RepoRequest) -> Result<NodeReply, ApiError> {
+    let request = RepoRequest::AsUser {
+        user: principal.user.clone(),
+        request: Box::new(request),
+    };
+    repo_call(state, name, request).await
+}
+
 /// Sends `message` to the owner of `record` and returns who answered and how. If the owner
 /// does not answer because the repository has just moved away from it (this front's view
 /// lagged the switch), the message goes to the new owner instead of failing.
@@ -361,13 +371,13 @@ async fn create_branch(
     JsonPath(RepoPath { owner, name }): JsonPath<RepoPath>,
     JsonBody(body): JsonBody<CreateBranchBody>,
 ) -> ApiResult {
-    writer(&state, &headers)?;
+    let principal = writer(&state, &headers)?;
     let name = repo_name(&owner, &name)?;
     let request = RepoRequest::CreateBranch {
         name: body.name,
         from: body.from,
     };
-    match repo_call(&state, &name, request).await? {
+    match repo_write(&state, &name, &principal, request).await? {
         NodeReply::Branch(branch) => created(branch),
         other => Err(unexpected(other).into()),
     }
@@ -379,9 +389,9 @@ async fn delete_branch(
     headers: HeaderMap,
     JsonPath((owner, name, branch)): JsonPath<(String, String, String)>,
 ) -> ApiResult {
-    writer(&state, &headers)?;
+    let principal = writer(&state, &headers)?;
     let name = repo_name(&owner, &name)?;
-    repo_call(&state, &name, RepoRequest::DeleteBranch { name: branch }).await?;
+    repo_write(&state, &name, &principal, RepoRequest::DeleteBranch { name: branch }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -668,7 +678,7 @@ async fn commit_files(
         author_email,
         actions,
     });
-    match repo_call(&state, &name, request).await? {
+    match repo_write(&state, &name, &principal, request).await? {
         NodeReply::Commit(detail) => created(detail),
         other => Err(unexpected(other).into()),
     }
@@ -704,7 +714,7 @@ async fn merge(
         author_name,
         author_email,
     });
-    match repo_call(&state, &name, request).await? {
+    match repo_write(&state, &name, &principal, request).await? {
         NodeReply::Merged(outcome) => json_ok(outcome),
         other => Err(unexpected(other).into()),
     }
@@ -956,13 +966,13 @@ struct SeedBranchCreated {
 
 #[utoipa::path(post, path = "/api/v1/repo/branch", tag = tags::SEED, request_body = SeedBranch, responses((status = 201, description = "Created", body = SeedBranchCreated)))]
 async fn seed_create_branch(State(state): State<Shared>, headers: HeaderMap, JsonBody(body): JsonBody<SeedBranch>) -> ApiResult {
-    writer(&state, &headers)?;
+    let principal = writer(&state, &headers)?;
     let name = RepoName::parse(&body.repo_url)?;
     let request = RepoRequest::CreateBranch {
         name: body.branch_name,
         from: body.from,
     };
-    match repo_call(&state, &name, request).await? {
+    match repo_write(&state, &name, &principal, request).await? {
         NodeReply::Branch(branch) => created(SeedBranchCreated {
             message: "Branch created successfully".into(),
             branch_name: branch.name,

@@ -26,6 +26,7 @@ mod background;
 mod ci;
 mod deploy;
 mod mover;
+mod ref_changes;
 pub mod repo_actor;
 pub mod router;
 pub mod sandbox;

@@ -11,6 +11,8 @@
 //! - **Writes are ordered.** Branch edits, commits, merges, deletion and receive-pack sessions
 //!   go into the actor's write queue in the order the actor received them, and run one at a
 //!   time. A push holds the queue from before git starts until its session ends.
+//! - **Every ref change is recorded.** A write through the API records the refs it changed as
+//!   push events and runs the pipeline rules, exactly as a push does ([`crate::ref_changes`]).
 //! - **Passivation never loses work.** Each request carries an in-flight guard from the moment
 //!   the registry hands it over until it is answered. The registry stops an actor only when it
 //!   has nothing in flight and has been idle for `actor_idle_timeout`, and it decides that under
@@ -211,7 +213,7 @@ impl RepoState {
                     // A write queued behind a move goes to the new owner.
                     match repo.moved_to.get().copied() {
                         Some(target) => forward_request(&repo, target, request).await,
-                        None => blocking(repo, move |git| write(git, request)).await,
+                        None => change_refs(repo, request).await,
                     }
                 }),
             ),
@@ -286,13 +288,28 @@ async fn run_write_queue(mut queue: mpsc::UnboundedReceiver<WriteJob>) {
 }
 
 fn is_write(request: &RepoRequest) -> bool {
-    matches!(
-        request,
+    match request {
         RepoRequest::CreateBranch { .. }
-            | RepoRequest::DeleteBranch { .. }
-            | RepoRequest::CommitFiles(_)
-            | RepoRequest::Merge(_)
-    )
+        | RepoRequest::DeleteBranch { .. }
+        | RepoRequest::CommitFiles(_)
+        | RepoRequest::Merge(_) => true,
+        RepoRequest::AsUser { request, .. } => is_write(request),
+        _ => false,
+    }
+}
+
+/// Runs a write in the write turn and records the refs it changed as events, which run the
+/// pipeline rules, as a push does (see [`crate::ref_changes`]).
+async fn change_refs(repo: Arc<RepoContext>, request: RepoRequest) -> Result<NodeReply, ApiError> {
+    let (user, request) = match request {
+        RepoRequest::AsUser { user, request } => (user, *request),
+        // From a front older than `AsUser`: the change is recorded without its author.
+        request => ("unknown".to_owned(), request),
+    };
+    let before = crate::ref_changes::snapshot(&repo).await?;
+    let reply = blocking(repo.clone(), move |git| write(git, request)).await?;
+    crate::ref_changes::record_or_undo(&repo, &before, &user, crate::ref_changes::change_id(&repo)).await?;
+    Ok(reply)
 }
 
 /// Runs git work on the blocking pool.

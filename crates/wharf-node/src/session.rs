@@ -30,7 +30,6 @@ use ractor::RpcReplyPort;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::{mpsc, oneshot};
-use wharf_meta::{Command, RefUpdate};
 use wharf_proto::{
     ApiError, GitService, NodeReply, OpenSession, SessionChunk, SessionId, MAX_CHUNK_BYTES,
 };
@@ -131,18 +130,11 @@ pub(crate) async fn start(
 ) -> Result<SessionId, ApiError> {
     let push = match write_turn {
         Some(turn) if open.service == GitService::ReceivePack && !open.advertise_refs => {
-            let git = repo.git.clone();
-            let refs_before = tokio::task::spawn_blocking(move || git.refs())
-                .await
-                .map_err(|e| ApiError::internal("snapshot refs", e))??;
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default();
+            let refs_before = crate::ref_changes::snapshot(&repo).await?;
             Some(PushRecord {
                 refs_before,
                 user: open.user.clone(),
-                push_id: format!("{}-{}-{nanos}", repo.node.config.id, repo.id),
+                push_id: crate::ref_changes::change_id(&repo),
                 _write_turn: turn,
             })
         }
@@ -253,7 +245,7 @@ async fn run(
             Ok(Err(error)) => tracing::warn!(session = %id, repo = %repo.name, %error, "cannot remove an aborted push's quarantine"),
             Err(error) => tracing::warn!(session = %id, %error, "quarantine cleanup task failed"),
         }
-        if let Err(error) = record_or_undo(&repo, record).await {
+        if let Err(error) = crate::ref_changes::record_or_undo(&repo, &record.refs_before, &record.user, record.push_id.clone()).await {
             tracing::error!(session = %id, repo = %repo.name, %error, "aborted push not recorded");
         }
     }
@@ -347,99 +339,8 @@ async fn finish_push(
     if !status.success() {
         tracing::warn!(repo = %repo.name, %status, "git receive-pack exited with an error");
     }
-    record_or_undo(repo, record).await?;
+    crate::ref_changes::record_or_undo(repo, &record.refs_before, &record.user, record.push_id.clone()).await?;
     Ok(all)
-}
-
-/// Commits the ref changes since `record.refs_before` as push events. If that fails, puts
-/// the refs back and returns the error.
-async fn record_or_undo(repo: &RepoContext, record: PushRecord) -> Result<(), ApiError> {
-    let git = repo.git.clone();
-    let refs_after = tokio::task::spawn_blocking(move || git.refs())
-        .await
-        .map_err(|e| ApiError::internal("read refs after push", e))??;
-    let updates = ref_updates(&record.refs_before, &refs_after);
-    if updates.is_empty() {
-        return Ok(());
-    }
-    let command = Command::RecordPush {
-        push_id: record.push_id.clone(),
-        repo: repo.id,
-        updates: updates.clone(),
-        pusher: record.user.clone(),
-        now_ms: crate::now_ms(),
-    };
-    let committed = match repo.node.meta.write(command).await {
-        Ok(_) => {
-            crate::ci::on_push(repo.node.clone(), repo.id, repo.git.clone(), &updates);
-            return Ok(());
-        }
-        Err(wharf_meta::WriteError::Refused(error)) => error,
-        Err(wharf_meta::WriteError::Meta(error)) => ApiError::Unavailable {
-            what: "metadata store".into(),
-            reason: error.to_string(),
-            retry_after_secs: 1,
-        },
-    };
-    tracing::error!(repo = %repo.name, error = %committed, "push event not committed; restoring refs");
-    let path = repo.git.path().to_owned();
-    tokio::task::spawn_blocking(move || restore_refs(&path, &updates))
-        .await
-        .map_err(|e| ApiError::internal("restore refs", e))??;
-    Err(committed)
-}
-
-/// The ref changes between two snapshots, in ref-name order.
-fn ref_updates(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> Vec<RefUpdate> {
-    let names: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
-    names
-        .into_iter()
-        .filter(|name| before.get(*name) != after.get(*name))
-        .map(|name| RefUpdate {
-            ref_name: name.clone(),
-            old: before.get(name).cloned(),
-            new: after.get(name).cloned(),
-        })
-        .collect()
-}
-
-/// Puts refs back to their values before a push, in one `git update-ref` transaction that
-/// checks each ref still has the pushed value.
-fn restore_refs(path: &std::path::Path, updates: &[RefUpdate]) -> Result<(), ApiError> {
-    use std::io::Write;
-    let zero = "0000000000000000000000000000000000000000";
-    let mut script = String::from("start\n");
-    for update in updates {
-        let old = update.old.as_deref().unwrap_or(zero);
-        let new = update.new.as_deref().unwrap_or(zero);
-        script.push_str(&format!("update {} {old} {new}\n", update.ref_name));
-    }
-    script.push_str("prepare\ncommit\n");
-    let mut child = std::process::Command::new("git")
-        .args(["update-ref", "--stdin"])
-        .current_dir(path)
-        .env("GIT_DIR", path)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| ApiError::internal("spawn git update-ref", e))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| ApiError::internal("write to git update-ref", e))?;
-    }
-    let output = child
-        .wait_with_output()
-        .map_err(|e| ApiError::internal("wait for git update-ref", e))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(ApiError::GitFailed {
-            command: "update-ref".into(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        })
-    }
 }
 
 /// Splits held output into chunks small enough for one message. Always at least one chunk,
@@ -456,33 +357,6 @@ fn split_chunks(all: Vec<u8>) -> std::collections::VecDeque<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ref_updates_lists_created_changed_and_deleted_refs_only() {
-        let before = BTreeMap::from([
-            ("refs/heads/main".to_string(), "a".to_string()),
-            ("refs/heads/gone".to_string(), "b".to_string()),
-            ("refs/tags/v1".to_string(), "c".to_string()),
-        ]);
-        let after = BTreeMap::from([
-            ("refs/heads/main".to_string(), "d".to_string()),
-            ("refs/heads/new".to_string(), "e".to_string()),
-            ("refs/tags/v1".to_string(), "c".to_string()),
-        ]);
-        let updates = ref_updates(&before, &after);
-        let summary: Vec<_> = updates
-            .iter()
-            .map(|u| (u.ref_name.as_str(), u.old.as_deref(), u.new.as_deref()))
-            .collect();
-        assert_eq!(
-            summary,
-            vec![
-                ("refs/heads/gone", Some("b"), None),
-                ("refs/heads/main", Some("a"), Some("d")),
-                ("refs/heads/new", None, Some("e")),
-            ]
-        );
-    }
 
     #[test]
     fn split_chunks_respects_the_frame_limit_and_never_returns_nothing() {

@@ -402,6 +402,15 @@ pub enum RepoRequest {
         /// Only the jobs of this stage or with this name, and what they need.
         only: Option<String>,
     },
+    /// A write (`CreateBranch`, `DeleteBranch`, `CommitFiles`, `Merge`) made by `user`, who is
+    /// recorded in the push events of the refs it changes. Sent by fronts for every write
+    /// through the API; replies as the write does.
+    AsUser {
+        /// The authenticated user.
+        user: String,
+        /// The write.
+        request: Box<RepoRequest>,
+    },
 }
 
 impl RepoRequest {
@@ -423,6 +432,7 @@ impl RepoRequest {
             RepoRequest::OpenSession(_) => "repo_open_session",
             RepoRequest::Bundle => "repo_bundle",
             RepoRequest::TriggerPipeline { .. } => "repo_trigger_pipeline",
+            RepoRequest::AsUser { request, .. } => request.kind(),
         }
     }
 }
