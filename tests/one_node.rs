@@ -695,3 +695,51 @@ fn the_cli_ends_quietly_when_its_reader_goes_away() {
     assert!(output.status.success(), "exit {:?}: {stderr}", output.status.code());
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Issue 13, point 9: on git's routes Wharf speaks so that git prints it. A wrong token is
+/// explained in plain text (`remote: Wharf: …` before git's `fatal: …`), and a push Wharf
+/// refuses after git sent it rejects every ref with the reason in git's own report.
+#[test]
+fn git_prints_why_wharf_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start_with_env(data.path(), &[], &[("WHARF_HTTP_MAX_PUSH_BYTES", "65536")]);
+    wharf.create_repo("acme/refused");
+    let work = tempfile::tempdir().unwrap();
+    let stderr = |output: &std::process::Output| String::from_utf8_lossy(&output.stderr).into_owned();
+
+    // A push with a wrong token: git shows Wharf's reason, not only "Authentication failed".
+    make_project(work.path());
+    let host = wharf.url.trim_start_matches("http://");
+    let wrong = git(work.path(), &["push", &format!("http://admin:not-a-token@{host}/acme/refused.git"), "main"]);
+    assert!(!wrong.status.success());
+    let text = stderr(&wrong);
+    assert!(text.contains("remote: Wharf: authentication required: the token is not valid"), "{text}");
+    assert!(text.contains("fatal: Authentication failed"), "{text}");
+
+    // A repository that does not exist.
+    let missing = git(work.path(), &["ls-remote", &wharf.push_url("acme/nowhere")]);
+    let text = stderr(&missing);
+    assert!(!missing.status.success());
+    assert!(text.contains("remote: Wharf: ") && text.contains("acme/nowhere"), "{text}");
+
+    // A push over the limit (and over git's post buffer, so chunked): every ref is rejected
+    // with the reason, and nothing lands.
+    let pushed = git(work.path(), &["push", &wharf.push_url("acme/refused"), "main", "main:other"]);
+    let text = stderr(&pushed);
+    assert!(!pushed.status.success(), "{text}");
+    assert!(text.contains("remote: Wharf: the git request body is larger than the limit of 65536 bytes"), "{text}");
+    for branch in ["main", "other"] {
+        assert!(
+            text.contains(&format!("! [remote rejected] main -> {branch} (the git request body is larger than the limit of 65536 bytes)")),
+            "{text}"
+        );
+    }
+    let remote = git_ok(work.path(), &["ls-remote", &wharf.clone_url("acme/refused")]);
+    assert_eq!(remote, "", "nothing landed");
+    assert_eq!(wharf.get("/api/v1/repos/acme/refused/events").json["events"], json!([]));
+
+    // Errors elsewhere stay JSON.
+    let api = wharf.request("GET", "/api/v1/repos/acme/nowhere", None, Some("not-a-token"));
+    assert_eq!(api.status, 401);
+    assert_eq!(api.error_code(), "unauthorized");
+}

@@ -1,5 +1,5 @@
 //! The one place where errors become HTTP responses: `{"error":{"code","message"}}` with the
-//! status each [`ApiError`] variant calls for.
+//! status each [`ApiError`] variant calls for, or the message as plain text on git's routes.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -75,21 +75,40 @@ impl IntoResponse for HttpError {
                 },
             },
         };
-        let mut response = (status, axum::Json(body)).into_response();
-        match &error {
-            ApiError::Unavailable { retry_after_secs, .. } | ApiError::RateLimited { retry_after_secs, .. } => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
-            }
-            ApiError::Unauthorized { .. } => {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"wharf\""),
-                );
-            }
-            _ => {}
-        }
-        response
+        let response = (status, axum::Json(body)).into_response();
+        with_headers(response, &error)
     }
+}
+
+impl HttpError {
+    /// The error as git's smart HTTP clients want it: the same status and headers, with the
+    /// message as `text/plain`, which git prints line by line as `remote: …` before its own
+    /// `fatal: …` (a JSON body it does not print at all; issue 13, point 9).
+    pub fn into_plain_response(self) -> Response {
+        let error = self.0;
+        let status = status_of(&error);
+        let text = format!("Wharf: {error}\n");
+        let response = (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response();
+        with_headers(response, &error)
+    }
+}
+
+/// Adds the headers an error calls for: `Retry-After` when retrying helps, `WWW-Authenticate`
+/// when a token is missing or wrong.
+fn with_headers(mut response: Response, error: &ApiError) -> Response {
+    match error {
+        ApiError::Unavailable { retry_after_secs, .. } | ApiError::RateLimited { retry_after_secs, .. } => {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        ApiError::Unauthorized { .. } => {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"wharf\""),
+            );
+        }
+        _ => {}
+    }
+    response
 }

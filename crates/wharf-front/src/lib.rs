@@ -36,6 +36,7 @@ mod extract;
 mod limits;
 mod metrics;
 mod openapi;
+mod push_report;
 mod serve;
 mod smart_http;
 
@@ -59,8 +60,6 @@ pub struct FrontConfig {
     /// Largest body of a commit through the API (`POST .../commits`), in bytes. Default 32 MiB:
     /// it carries file contents. Other JSON bodies have [`HttpLimits::max_json_body_bytes`].
     pub max_api_body_bytes: usize,
-    /// Largest push accepted, in bytes after decompression. Default 2 GiB.
-    pub max_push_bytes: u64,
     /// Largest fetch negotiation body, in bytes after decompression. Default 64 MiB.
     pub max_fetch_request_bytes: u64,
     /// Deadline of an ordinary request to a node. Default 30 s.
@@ -109,6 +108,10 @@ pub struct HttpLimits {
     /// Failed authentications one client may make in a burst. Default 100
     /// (`WHARF_HTTP_AUTH_FAILURE_BURST`).
     pub failed_auth_burst: u32,
+    /// Largest push accepted, in bytes after decompression. Default 2 GiB
+    /// (`WHARF_HTTP_MAX_PUSH_BYTES`). A larger push is refused in git's report: every ref
+    /// rejected with the reason.
+    pub max_push_bytes: u64,
 }
 
 impl Default for HttpLimits {
@@ -121,6 +124,7 @@ impl Default for HttpLimits {
             write_burst: 5_000,
             failed_auth_per_minute: 60,
             failed_auth_burst: 100,
+            max_push_bytes: 2 << 30,
         }
     }
 }
@@ -160,6 +164,7 @@ impl HttpLimits {
         read("WHARF_HTTP_WRITE_BURST", &mut self.write_burst)?;
         read("WHARF_HTTP_AUTH_FAILURES_PER_MINUTE", &mut self.failed_auth_per_minute)?;
         read("WHARF_HTTP_AUTH_FAILURE_BURST", &mut self.failed_auth_burst)?;
+        read("WHARF_HTTP_MAX_PUSH_BYTES", &mut self.max_push_bytes)?;
         self.check()?;
         Ok(self)
     }
@@ -177,6 +182,7 @@ impl HttpLimits {
             ("WHARF_HTTP_WRITE_BURST", u64::from(self.write_burst)),
             ("WHARF_HTTP_AUTH_FAILURES_PER_MINUTE", u64::from(self.failed_auth_per_minute)),
             ("WHARF_HTTP_AUTH_FAILURE_BURST", u64::from(self.failed_auth_burst)),
+            ("WHARF_HTTP_MAX_PUSH_BYTES", self.max_push_bytes),
         ];
         for (variable, value) in zeros {
             if value == 0 {
@@ -192,7 +198,6 @@ impl Default for FrontConfig {
         FrontConfig {
             public_reads: true,
             max_api_body_bytes: 32 << 20,
-            max_push_bytes: 2 << 30,
             max_fetch_request_bytes: 64 << 20,
             node_timeout: Duration::from_secs(30),
             git_step_timeout: Duration::from_secs(300),

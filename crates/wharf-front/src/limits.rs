@@ -87,45 +87,53 @@ pub(crate) async fn guard(State(state): State<Arc<FrontState>>, request: Request
     if presents_token {
         // A client that has spent its failed-authentication budget is not even checked.
         if let Err(wait) = limiters.failed_auth.check(client, now) {
-            return rate_limited("failed authentications", wait);
+            return refuse(path, rate_limited("failed authentications", wait));
         }
     }
     let principal = match auth::require(state.directory.as_ref(), request.headers()) {
         Ok(principal) => Some(principal),
         Err(error) if presents_token => {
             let _ = limiters.failed_auth.take(client, now);
-            return HttpError(error).into_response();
+            return refuse(path, error);
         }
-        Err(error) if write => return HttpError(error).into_response(),
+        Err(error) if write => return refuse(path, error),
         Err(_) => None,
     };
     if !write || principal.is_none() {
         return next.run(request).await;
     }
     if let Err(wait) = limiters.write_rate.take(client, now) {
-        return rate_limited("writes", wait);
+        return refuse(path, rate_limited("writes", wait));
     }
     let Ok(_slot) = limiters.writes.clone().try_acquire_owned() else {
-        return HttpError(ApiError::Unavailable {
+        let busy = ApiError::Unavailable {
             what: "writes".into(),
             reason: format!(
                 "this front is serving {} writes already; try again shortly",
                 state.config.limits.max_concurrent_writes
             ),
             retry_after_secs: 1,
-        })
-        .into_response();
+        };
+        return refuse(path, busy);
     };
     // The slot is held until the handler has answered (a push's body is read by then).
     next.run(request).await
 }
 
-fn rate_limited(what: &str, wait: Duration) -> Response {
-    HttpError(ApiError::RateLimited {
+fn rate_limited(what: &str, wait: Duration) -> ApiError {
+    ApiError::RateLimited {
         what: what.to_owned(),
         retry_after_secs: u32::try_from(wait.as_secs().max(1)).unwrap_or(u32::MAX),
-    })
-    .into_response()
+    }
+}
+
+/// The refusal as the client reads it: plain text on git's routes, JSON elsewhere.
+fn refuse(path: &str, error: ApiError) -> Response {
+    if crate::smart_http::is_git_path(path) {
+        HttpError(error).into_plain_response()
+    } else {
+        HttpError(error).into_response()
+    }
 }
 
 /// The client's address; a request that did not come through [`crate::serve`] (a test calling

@@ -27,9 +27,14 @@ use wharf_proto::{
 
 use crate::error::HttpError;
 use crate::metrics::RouteLabel;
+use crate::push_report::{pkt_line, CommandReader};
 use crate::{auth, FrontState};
 
 type Shared = Arc<FrontState>;
+
+/// How much of a body past its limit is read and dropped so that git gets its refusal in the
+/// answer it reads (see [`send_body`]): 64 MiB, a few seconds on a slow link.
+const DRAIN_BYTES: u64 = 64 << 20;
 
 /// What a smart HTTP URL asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,12 +61,40 @@ pub(crate) async fn handle(State(state): State<Shared>, request: Request) -> Res
         Ok(GitRoute::Rpc(GitService::ReceivePack)) => "/{owner}/{name}/git-receive-pack",
         Err(_) => "/{owner}/{name}/{git}",
     };
+    let is_push = matches!(route, Ok(GitRoute::Rpc(GitService::ReceivePack)));
+    let mut commands = CommandReader::default();
     let result = match route {
-        Ok(route) => serve(&state, name, route, request).await,
+        Ok(route) => serve(&state, name, route, request, &mut commands).await,
         Err(error) => Err(error),
     };
-    let mut response = result.unwrap_or_else(|error| HttpError(error).into_response());
+    let mut response = match result {
+        Ok(response) => response,
+        // Git prints no error body once it has sent a push: refuse its refs in its own words.
+        Err(error) => match commands.commands().filter(|_| is_push) {
+            Some(commands) => {
+                tracing::info!(%error, refs = commands.refs.len(), "push refused in its report");
+                refusal_report(commands, &error)
+            }
+            None => HttpError(error).into_plain_response(),
+        },
+    };
     response.extensions_mut().insert(RouteLabel(label));
+    response
+}
+
+/// Whether `path` is one of git's smart HTTP routes, whose errors are plain text.
+pub(crate) fn is_git_path(path: &str) -> bool {
+    !path.starts_with("/api/")
+        && (path.ends_with("/info/refs") || path.ends_with("/git-upload-pack") || path.ends_with("/git-receive-pack"))
+}
+
+/// A receive-pack answer that rejects every ref of the push with `error`'s message.
+fn refusal_report(commands: &crate::push_report::PushCommands, error: &ApiError) -> Response {
+    let body = crate::push_report::report(commands, &error.to_string());
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-git-receive-pack-result"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
 
@@ -111,6 +144,7 @@ async fn serve(
     name: Result<RepoName, ApiError>,
     route: GitRoute,
     request: Request,
+    commands: &mut CommandReader,
 ) -> Result<Response, ApiError> {
     let name = name?;
     let service = match route {
@@ -157,7 +191,7 @@ async fn serve(
             // Git's http-backend announces the service before a v0/v1 advertisement; v2
             // clients expect the capability list straight away.
             if !git_protocol.as_deref().unwrap_or("").contains("version=2") {
-                prefix.extend(pkt_line(&format!("# service={}\n", service.as_str())));
+                prefix.extend(pkt_line(format!("# service={}\n", service.as_str()).as_bytes()));
                 prefix.extend(b"0000");
             }
             session.finish_input().await?;
@@ -165,19 +199,15 @@ async fn serve(
         GitRoute::Rpc(service) => {
             let limit = match service {
                 GitService::UploadPack => state.config.max_fetch_request_bytes,
-                GitService::ReceivePack => state.config.max_push_bytes,
+                GitService::ReceivePack => state.config.limits.max_push_bytes,
             };
-            if crate::extract::announced_length(request.headers()).is_some_and(|length| length > limit) {
-                return Err(ApiError::TooLarge {
-                    what: "the git request body".into(),
-                    limit,
-                });
-            }
+            let announced_too_large = crate::extract::announced_length(request.headers()).is_some_and(|length| length > limit);
             let gzip = request
                 .headers()
                 .get(header::CONTENT_ENCODING)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
-            send_body(&mut session, request.into_body(), gzip, limit).await?;
+            let commands = (service == GitService::ReceivePack).then_some(commands);
+            send_body(&mut session, request.into_body(), gzip, limit, announced_too_large, commands).await?;
             session.finish_input().await?;
         }
     }
@@ -208,14 +238,46 @@ fn authorise(state: &FrontState, headers: &HeaderMap, service: GitService) -> Re
 }
 
 /// Streams the request body into the session, decompressing gzip on the way, in chunks of at
-/// most [`MAX_CHUNK_BYTES`], refusing more than `limit` bytes.
-async fn send_body(session: &mut SessionHandle, body: Body, gzip: bool, limit: u64) -> Result<(), ApiError> {
+/// most [`MAX_CHUNK_BYTES`], refusing more than `limit` bytes (all of it if `too_large` is
+/// known from the announced length). A push's commands go to `commands` on the way.
+///
+/// Past the limit the rest of the body is read and dropped, up to [`DRAIN_BYTES`] more, so
+/// that git, which reads the answer only once it has sent everything, gets the refusal in its
+/// report (see [`crate::push_report`]); beyond that the front stops reading and the client sees
+/// only the HTTP error.
+async fn send_body(
+    session: &mut SessionHandle,
+    body: Body,
+    gzip: bool,
+    limit: u64,
+    too_large: bool,
+    mut commands: Option<&mut CommandReader>,
+) -> Result<(), ApiError> {
     let mut frames = body.into_data_stream();
     let mut decoder = gzip.then(|| flate2::write::GzDecoder::new(Vec::new()));
     let mut total = 0u64;
+    let mut forwarding = !too_large;
     let too_large = || ApiError::TooLarge {
         what: "the git request body".into(),
         limit,
+    };
+    let mut take = async |plain: &[u8], forwarding: &mut bool| -> Result<(), ApiError> {
+        total += plain.len() as u64;
+        if let Some(commands) = commands.as_deref_mut() {
+            commands.feed(plain);
+        }
+        if total > limit {
+            *forwarding = false;
+        }
+        if total > limit.saturating_add(DRAIN_BYTES) {
+            return Err(too_large());
+        }
+        if *forwarding {
+            for chunk in plain.chunks(MAX_CHUNK_BYTES) {
+                session.write(chunk.to_vec()).await?;
+            }
+        }
+        Ok(())
     };
     while let Some(frame) = frames.next().await {
         let frame = frame.map_err(|e| ApiError::invalid(format!("the request body broke off: {e}")))?;
@@ -228,27 +290,19 @@ async fn send_body(session: &mut SessionHandle, body: Body, gzip: bool, limit: u
             }
             None => frame.to_vec(),
         };
-        total += plain.len() as u64;
-        if total > limit {
-            return Err(too_large());
-        }
-        for chunk in plain.chunks(MAX_CHUNK_BYTES) {
-            session.write(chunk.to_vec()).await?;
-        }
+        take(&plain, &mut forwarding).await?;
     }
     if let Some(decoder) = decoder {
         let rest = decoder
             .finish()
             .map_err(|e| ApiError::invalid(format!("malformed gzip body: {e}")))?;
-        total += rest.len() as u64;
-        if total > limit {
-            return Err(too_large());
-        }
-        for chunk in rest.chunks(MAX_CHUNK_BYTES) {
-            session.write(chunk.to_vec()).await?;
-        }
+        take(&rest, &mut forwarding).await?;
     }
-    Ok(())
+    if forwarding {
+        Ok(())
+    } else {
+        Err(too_large())
+    }
 }
 
 /// The response body: `head`, then session output until end of file. Dropping it early (the
@@ -337,13 +391,6 @@ impl Drop for SessionHandle {
     }
 }
 
-/// One pkt-line: four hex digits of length (including themselves), then the payload.
-fn pkt_line(payload: &str) -> Vec<u8> {
-    let mut line = format!("{:04x}", payload.len() + 4).into_bytes();
-    line.extend_from_slice(payload.as_bytes());
-    line
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +411,15 @@ mod tests {
 
     #[test]
     fn pkt_line_counts_its_own_length() {
-        assert_eq!(pkt_line("# service=git-upload-pack\n"), b"001e# service=git-upload-pack\n");
+        assert_eq!(pkt_line(b"# service=git-upload-pack\n"), b"001e# service=git-upload-pack\n");
+    }
+
+    #[test]
+    fn git_paths_are_told_from_the_api() {
+        assert!(is_git_path("/acme/app.git/info/refs"));
+        assert!(is_git_path("/acme/app/git-receive-pack"));
+        // Spelt in two pieces: the OpenAPI test takes any whole API path here for a route.
+        assert!(!is_git_path(concat!("/api", "/v1/repos/acme/app/info/refs")));
+        assert!(!is_git_path("/api/v1/repos"));
     }
 }
