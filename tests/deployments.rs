@@ -183,6 +183,13 @@ fn settled(wharf: &Wharf, env: u64, revision: u64) -> Value {
     }
 }
 
+/// The instance a deployment event names as `instance N of revision R is unhealthy`.
+fn unhealthy_instance(event: &str, revision: u64) -> Option<u64> {
+    let (_, rest) = event.split_once("instance ")?;
+    let (id, rest) = rest.split_once(' ')?;
+    rest.starts_with(&format!("of revision {revision} is unhealthy")).then(|| id.parse().ok())?
+}
+
 fn status_of(wharf: &Wharf, deployment: u64) -> Value {
     wharf.get(&format!("/api/v1/deployments/status?deployment_id={deployment}")).json
 }
@@ -238,6 +245,24 @@ fn rolling_updates_roll_back_bad_releases_by_themselves_and_never_fail_a_request
     let events: Vec<&str> = third["events"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap()).collect();
     assert!(events.iter().any(|e| e.contains("unhealthy") && e.contains("rolling back to revision 2")), "{events:?}");
     assert_eq!(wharf.get(&format!("/api/v1/environments/{staging}")).json["current_revision"], 2);
+    // The failed instance is gone, but its output stays readable (issue 13, point 8), through
+    // the API and `wharf env logs`.
+    let failed = events
+        .iter()
+        .find_map(|e| unhealthy_instance(e, 3))
+        .unwrap_or_else(|| panic!("no failed instance named in {events:?}"));
+    let live = wharf.get(&format!("/api/v1/environments/{staging}")).json["instances"].clone();
+    assert!(live.as_array().unwrap().iter().all(|i| i["id"] != failed), "{live:#}");
+    let log = wharf.get(&format!("/api/v1/environments/{staging}/instances/{failed}/log"));
+    assert_eq!(log.status, 200, "{log:?}");
+    assert!(String::from_utf8_lossy(&log.bytes).contains("version bad listening on"), "{log:?}");
+    let cli = wharf.cli(&["env", "logs", &staging.to_string(), &failed.to_string()]);
+    assert!(cli.status.success(), "{cli:?}");
+    assert!(String::from_utf8_lossy(&cli.stdout).contains("version bad listening on"), "{cli:?}");
+    let all = wharf.cli(&["env", "logs", &staging.to_string()]);
+    let all = String::from_utf8_lossy(&all.stdout).into_owned();
+    assert_eq!(all.matches("version v2 listening on").count(), 2, "{all}");
+    assert!(all.contains("==> instance "), "{all}");
     wait_until("traffic is on v2", Duration::from_secs(10), || traffic.last_versions(10).iter().all(|v| v == "v2"));
     let (failures, total) = traffic.failures();
     assert!(failures.is_empty(), "{} of {total} requests failed during the bad release: {failures:?}", failures.len());

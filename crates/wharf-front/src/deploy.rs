@@ -21,7 +21,7 @@ use wharf_proto::deploy::{
     DeploymentKind, DeploymentRecord, DeploymentStatus, EnvConfig, EnvironmentRecord, InstanceHealth, InstanceRecord,
     InstanceTraffic,
 };
-use wharf_proto::{ApiError, DeployAction, NodeReply, NodeRequest, RepoName, RepoRecord, RepoRequest};
+use wharf_proto::{ApiError, DeployAction, NodeId, NodeReply, NodeRequest, RepoName, RepoRecord, RepoRequest};
 
 use crate::api::{created, json_ok, reader, repo_call, unexpected, writer};
 use crate::error::HttpError;
@@ -544,32 +544,54 @@ async fn deployment_events(State(state): State<Shared>, headers: HeaderMap, Json
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
-/// The output of one instance, read from the node that runs it.
-#[utoipa::path(get, path = "/api/v1/environments/{id}/instances/{instance}/log", tag = tags::DEPLOY, params(IdPath, ("instance" = u64, Path, description = "The instance")), responses((status = 200, description = "The instance's output", content_type = "text/plain", body = String)))]
+/// The output of one instance, read from the node that runs or ran it. An instance that has
+/// stopped (a failed release after its rollback, say) has no record any more, but its output
+/// stays on the node's disk: it is looked for on every storage node (issue 13, point 8).
+#[utoipa::path(get, path = "/api/v1/environments/{id}/instances/{instance}/log", tag = tags::DEPLOY, description = "The output of an instance, running or stopped: a failed instance's output stays readable after its rollback. Its id is in the deployment's events (`instance 5 of revision 3 is unhealthy`).", params(IdPath, ("instance" = u64, Path, description = "The instance")), responses((status = 200, description = "The instance's output", content_type = "text/plain", body = String)))]
 async fn instance_log(State(state): State<Shared>, headers: HeaderMap, JsonPath((env, id)): JsonPath<(u64, u64)>) -> ApiResult {
     reader(&state, &headers)?;
-    let instance = state
-        .directory
-        .instances(Some(env))
-        .into_iter()
-        .find(|i| i.id == id)
-        .ok_or_else(|| ApiError::NotFound {
-            what: format!("instance {id} of environment {env}"),
-        })?;
+    let not_found = || ApiError::NotFound {
+        what: format!("instance {id} of environment {env}"),
+    };
+    let live = state.directory.instances(Some(env)).into_iter().find(|i| i.id == id);
+    let candidates: Vec<NodeId> = match live {
+        Some(instance) => vec![instance.node],
+        None => {
+            environment_of(&state, env)?;
+            if state.directory.instances(None).iter().any(|i| i.id == id) {
+                // Running, but in another environment.
+                return Err(not_found().into());
+            }
+            state.directory.nodes().into_iter().map(|n| n.id).collect()
+        }
+    };
+    for node in candidates {
+        match read_instance_log(&state, node, id).await {
+            Ok(log) => return Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], log).into_response()),
+            Err(ApiError::NotFound { .. }) => continue,
+            // A node that is down may hold it; the others are still asked.
+            Err(error @ ApiError::Unavailable { .. }) => tracing::debug!(%error, node = %node, "instance log not read"),
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(not_found().into())
+}
+
+/// Reads the whole output of instance `id` from `node`.
+async fn read_instance_log(state: &FrontState, node: NodeId, id: u64) -> Result<Vec<u8>, ApiError> {
     let mut log = Vec::new();
     loop {
         let request = NodeRequest::InstanceLog { instance: id, offset: log.len() as u64 };
-        match state.nodes.call(instance.node, &request).await? {
+        match state.nodes.call(node, &request).await? {
             NodeReply::Chunk(chunk) => {
                 log.extend(chunk.data);
                 if chunk.eof {
-                    break;
+                    return Ok(log);
                 }
             }
-            other => return Err(unexpected(other).into()),
+            other => return Err(unexpected(other)),
         }
     }
-    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], log).into_response())
 }
 
 #[utoipa::path(post, path = "/api/v1/deployments/{id}/promote", tag = tags::DEPLOY, params(IdPath), responses((status = 200, description = "Promotion requested", body = DeploymentMessage)))]

@@ -36,6 +36,14 @@ pub enum EnvCommand {
     Show { id: u64 },
     /// Delete an environment and stop its instances.
     Delete { id: u64 },
+    /// Print the output of an environment's instances, or of one instance. A stopped
+    /// instance's output stays readable (a failed release's, after its rollback): its id is in
+    /// the deployment's events (`instance 5 of revision 3 is unhealthy`).
+    Logs {
+        id: u64,
+        /// Only this instance, running or stopped.
+        instance: Option<u64>,
+    },
     /// Return to an earlier revision, and follow the rollback.
     Rollback {
         id: u64,
@@ -95,6 +103,23 @@ pub async fn env(server: Server, command: EnvCommand) -> anyhow::Result<()> {
         }
         EnvCommand::Show { id } => print(&server.send(Method::GET, &format!("/api/v1/environments/{id}"), None).await?),
         EnvCommand::Delete { id } => print(&server.send(Method::DELETE, "/api/v1/environments", Some(json!({"env_id": id}))).await?),
+        EnvCommand::Logs { id, instance } => {
+            let instances = match instance {
+                Some(instance) => vec![instance],
+                None => {
+                    let environment = server.send(Method::GET, &format!("/api/v1/environments/{id}"), None).await?;
+                    environment["instances"].as_array().into_iter().flatten().filter_map(|i| i["id"].as_u64()).collect()
+                }
+            };
+            let headed = instances.len() > 1;
+            for instance in instances {
+                let log = server.send(Method::GET, &format!("/api/v1/environments/{id}/instances/{instance}/log"), None).await?;
+                if headed {
+                    out!("==> instance {instance} <==");
+                }
+                out_raw!("{}", log.as_str().unwrap_or(""));
+            }
+        }
         EnvCommand::Rollback { id, revision, no_follow } => {
             let started = server.send(Method::POST, &format!("/api/v1/environments/{id}/rollback"), Some(json!({"revision": revision}))).await?;
             let deployment = started["deployment_id"].as_u64().unwrap_or_default();
