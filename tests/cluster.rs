@@ -309,7 +309,7 @@ impl ScriptCluster {
         cluster
     }
 
-    fn run(&self, script: &str, args: &[&str]) {
+    fn run(&self, script: &str, args: &[&str]) -> String {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts").join(script);
         let output = std::process::Command::new("bash")
             .arg(&path)
@@ -323,6 +323,29 @@ impl ScriptCluster {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Starts node `id` by hand, as an operator would (not through cluster.sh): its own data
+    /// directory and port, the script's cookie file, joined through node 1.
+    fn spawn_by_hand(&self, id: u64) -> wharf_tests::Process {
+        let env = |name: &str| self.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap();
+        let base: u16 = env("WHARF_BASE_PORT").parse().unwrap();
+        let args: Vec<String> = [
+            "node",
+            "--id",
+            &id.to_string(),
+            "--data-dir",
+            &self.dir.path().join(format!("by-hand-{id}")).display().to_string(),
+            "--listen",
+            &format!("127.0.0.1:{}", wharf_tests::cluster::free_port()),
+            "--join",
+            &format!("127.0.0.1:{}", base + 1),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let cookie = self.dir.path().join("cookie").display().to_string();
+        wharf_tests::Process::spawn_with_env(&format!("by-hand-{id}"), &args, "warn", &[("WHARF_COOKIE_FILE", &cookie)])
     }
 
     fn front(&self) -> Wharf {
@@ -347,6 +370,10 @@ impl Drop for ScriptCluster {
 fn a_rolling_restart_with_the_script_fails_no_read_and_loses_no_push() {
     let cluster = ScriptCluster::up(3);
     let front = cluster.front();
+    // A fourth node joined by hand is restarted too (issue 13, point 6).
+    let mut by_hand = cluster.spawn_by_hand(4);
+    by_hand.wait_for_line("wharf: node 4 ready", std::time::Duration::from_secs(60));
+    let first_pid = by_hand.pid().unwrap();
     // 50 repositories with content, read in a loop; pushes go on to two more.
     let names: Vec<String> = (0..50).map(|i| format!("roll/repo{i}")).collect();
     let mut heads = std::collections::BTreeMap::new();
@@ -363,7 +390,12 @@ fn a_rolling_restart_with_the_script_fails_no_read_and_loses_no_push() {
     let reader = spawn_reader(front.url.clone(), heads.keys().cloned().collect(), stop.clone());
     let pushers: Vec<_> = pushed_to.iter().map(|name| spawn_pusher(front.push_url(name), stop.clone())).collect();
 
-    cluster.run("rolling-restart.sh", &[]);
+    let restarted = cluster.run("rolling-restart.sh", &[]);
+    assert!(restarted.contains("== node 4: restart (local)"), "{restarted}");
+    assert!(restarted.contains("rolling restart of 4 nodes done"), "{restarted}");
+    let new_pid: u32 = std::fs::read_to_string(cluster.dir.path().join("node4.pid")).unwrap().trim().parse().unwrap();
+    assert_ne!(new_pid, first_pid, "node 4 runs in a new process");
+    by_hand.wait_exit(std::time::Duration::from_secs(5));
 
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (reads, failures) = reader.join().unwrap();
@@ -380,4 +412,7 @@ fn a_rolling_restart_with_the_script_fails_no_read_and_loses_no_push() {
     }
     let status = front.get("/api/v1/cluster");
     assert_eq!(status.json["balanced"], true, "{:?}", status.json);
+    let nodes = status.json["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 4, "{:?}", status.json);
+    assert!(nodes.iter().all(|n| n["reachable"] == true), "{:?}", status.json);
 }
