@@ -270,3 +270,61 @@ fn a_docker_environment_runs_its_instances_as_containers_with_its_limits() {
     });
     let _ = docker(&["rmi", &image]);
 }
+
+/// The jobs of the README's walkthrough (mkdir, cp, grep: `sh: mkdir: not found` before), in the
+/// image's own userland (issue 13, point 5). Bubblewrap cannot run in an unprivileged
+/// container, so the node runs its jobs with `WHARF_SANDBOX=none`, as the README says.
+const README_JOBS: &str = r#"stages: [build, test]
+jobs:
+  build:
+    stage: build
+    script: [mkdir -p out, cp app.py VERSION out/, ls out]
+    artifacts: { paths: [out/] }
+  unit:
+    stage: test
+    script: ['grep -q "^v" VERSION && echo "Coverage: 100.00%"', 'tar czf out.tgz app.py && gzip -t out.tgz']
+    coverage: 'Coverage: (\d+\.\d+)%'
+"#;
+
+#[test]
+#[ignore = "needs a Docker engine: .ci/run runs it with --run-ignored when one answers"]
+fn the_image_runs_the_readme_jobs_with_its_own_userland() {
+    struct Removed(String, String);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = docker(&["rm", "--force", &self.0]);
+            let _ = docker(&["image", "rm", &self.1]);
+        }
+    }
+    let pid = std::process::id();
+    let (container, image) = (format!("wharf-jobs-test-{pid}"), format!("wharf:jobs-test-{pid}"));
+    let _removed = Removed(container.clone(), image.clone());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/docker-image.sh");
+    let built = Command::new("bash").arg(script).arg(wharf_binary()).arg(&image).output().expect("build the image");
+    assert!(built.status.success(), "image build failed: {}", String::from_utf8_lossy(&built.stderr));
+    let port = free_port();
+    docker_ok(&[
+        "run", "-d", "--name", &container, "-p", &format!("127.0.0.1:{port}:8080"), "-e", "WHARF_SANDBOX=none", "-e", "WHARF_LOG=warn",
+        &image, "dev", "--data-dir", "/data/dev", "--listen", "0.0.0.0:8080",
+    ]);
+    let mut token = None;
+    wait_until("the container prints its admin token", Duration::from_secs(60), || {
+        let logs = docker(&["logs", &container]);
+        token = String::from_utf8_lossy(&logs.stdout)
+            .lines()
+            .find_map(|line| line.strip_prefix("wharf: admin token ")?.split_whitespace().next().map(str::to_owned));
+        token.is_some()
+    });
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::attach(format!("http://127.0.0.1:{port}"), token.unwrap(), data.path());
+    wharf.create_repo("acme/app");
+    wharf_tests::push(&wharf, "acme/app", &[(".wharf.yml", README_JOBS), ("app.py", "print('hi')\n"), ("VERSION", "v1\n")]);
+    let pipeline = wharf_tests::finished_pipeline(&wharf, "acme/app");
+    let log = |name: &str| {
+        let id = wharf_tests::job(&pipeline, name)["id"].as_u64().unwrap();
+        String::from_utf8_lossy(&wharf.get(&format!("/api/v1/jobs/{id}/log")).bytes).into_owned()
+    };
+    assert_eq!(pipeline["status"], "passed", "{pipeline:#}\nbuild: {}\nunit: {}", log("build"), log("unit"));
+    assert!(log("build").contains("app.py"), "{}", log("build"));
+    assert_eq!(wharf_tests::job(&pipeline, "unit")["coverage"], 100.0);
+}
