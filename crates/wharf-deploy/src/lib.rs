@@ -227,9 +227,24 @@ pub mod keys {
 
 use keys::{DEPLOYMENTS, DEPLOYMENTS_BY_ENV, ENVIRONMENTS, ENVIRONMENTS_BY_REPO, INSTANCES, INSTANCES_BY_ENV, SEQUENCES};
 
-/// Environments, deployments and instances share one id sequence (ids in the API are
-/// unambiguous across the three kinds).
-const IDS: Sequence = Sequence(SEQUENCES, "record");
+/// The one id sequence that environments, deployments and instances shared before each had
+/// its own. No longer advanced (but by [`import`]); each kind's sequence starts past it.
+const SHARED_IDS: Sequence = Sequence(SEQUENCES, "record");
+/// Each kind's own sequence (issue 13, point 3): the API and CLI tell kinds apart by a prefix
+/// (`env-3`, `deploy-3`, `inst-3`; see [`wharf_proto::deploy::IdKind`]), so numbers may repeat
+/// across kinds.
+const ENVIRONMENT_IDS: Sequence = Sequence(SEQUENCES, "environment");
+const DEPLOYMENT_IDS: Sequence = Sequence(SEQUENCES, "deployment");
+const INSTANCE_IDS: Sequence = Sequence(SEQUENCES, "instance");
+
+/// Takes the next id of one kind. A kind's sequence first starts where the shared sequence
+/// stands, so ids taken before the split are never taken again and no record changes: no data
+/// migration. Every replica decides this alike, since it reads only the store.
+fn next_id(store: &mut dyn RecordsMut, kind: &Sequence) -> u64 {
+    let shared = SEQUENCES.get(store, &SHARED_IDS.1.to_owned()).unwrap_or(1);
+    kind.raise_to(store, shared);
+    kind.next(store)
+}
 
 /// Applies one command to the deployment records in `store`.
 pub fn apply(store: &mut dyn RecordsMut, command: DeployCommand) -> Result<DeployOutcome, ApiError> {
@@ -246,7 +261,7 @@ pub fn apply(store: &mut dyn RecordsMut, command: DeployCommand) -> Result<Deplo
                     message: format!("the repository has an environment named {name:?} already"),
                 });
             }
-            let id = IDS.next(store);
+            let id = next_id(store, &ENVIRONMENT_IDS);
             let record = EnvironmentRecord {
                 id,
                 repo,
@@ -402,7 +417,7 @@ pub fn apply(store: &mut dyn RecordsMut, command: DeployCommand) -> Result<Deplo
             now_ms,
         } => {
             environment_of(store, env)?;
-            let id = IDS.next(store);
+            let id = next_id(store, &INSTANCE_IDS);
             let record = InstanceRecord {
                 id,
                 env,
@@ -505,7 +520,7 @@ fn create_deployment(
         }
     };
     let revision = earlier.iter().map(|d| d.revision).max().unwrap_or(0) + 1;
-    let id = IDS.next(store);
+    let id = next_id(store, &DEPLOYMENT_IDS);
     let mut record = DeploymentRecord {
         id,
         env,
@@ -620,7 +635,9 @@ pub fn import(
         INSTANCES_BY_ENV.put(store, &(record.env, record.id), &());
         INSTANCES.put(store, &record.id, &record);
     }
-    IDS.raise_to(store, next_id);
+    for sequence in [&SHARED_IDS, &ENVIRONMENT_IDS, &DEPLOYMENT_IDS, &INSTANCE_IDS] {
+        sequence.raise_to(store, next_id);
+    }
 }
 
 fn not_found(what: &str, id: u64) -> ApiError {
@@ -691,6 +708,32 @@ mod tests {
         });
         let Ok(DeployOutcome::Created(id)) = created else { panic!("{created:?}") };
         id
+    }
+
+    #[test]
+    fn each_kind_has_its_own_sequence_which_starts_past_the_shared_one() {
+        let mut fresh = DeployState::default();
+        let env = environment(&mut fresh);
+        assert_eq!((env, deploy(&mut fresh, env, "a"), deploy(&mut fresh, env, "b")), (1, 1, 2));
+
+        // A store written when the kinds shared one sequence (it stands at 10): no id taken
+        // then is taken again, and no record changes.
+        let mut old = DeployState::default();
+        SHARED_IDS.raise_to(&mut old.0, 10);
+        let env = environment(&mut old);
+        assert_eq!(env, 10);
+        assert_eq!(deploy(&mut old, env, "a"), 10);
+        assert_eq!(deploy(&mut old, env, "b"), 11);
+        let mut second = DeployState(old.0.clone());
+        second.apply(DeployCommand::CreateEnvironment {
+            repo: RepoId(1),
+            name: "production".into(),
+            config: EnvConfig::default(),
+            protected: false,
+            now_ms: 1,
+        })
+        .unwrap();
+        assert_eq!(second.environment(11).map(|e| e.name), Some("production".to_owned()));
     }
 
     fn claim(state: &mut DeployState, deployment: u64, node: u64, now_ms: u64) -> Result<DeployOutcome, ApiError> {

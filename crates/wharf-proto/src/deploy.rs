@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{NodeId, RepoId};
+use crate::{ApiError, NodeId, RepoId};
 
 /// The checked `deploy:` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -344,5 +344,90 @@ impl InstanceTraffic {
             errors: self.errors.saturating_sub(earlier.errors),
             latency_ms: self.latency_ms.saturating_sub(earlier.latency_ms),
         }
+    }
+}
+
+/// The kinds of deployment records that users name by id. Each kind has its own sequence, and
+/// the API and the CLI show its ids with a prefix (`env-3`, `deploy-7`, `inst-12`) so that one
+/// kind is never taken for another (issue 13, point 3). Records store the bare number; the
+/// prefix exists only at the API and CLI boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    /// An environment: `env-N`.
+    Environment,
+    /// A deployment: `deploy-N`.
+    Deployment,
+    /// An instance: `inst-N`.
+    Instance,
+}
+
+impl IdKind {
+    const ALL: [IdKind; 3] = [IdKind::Environment, IdKind::Deployment, IdKind::Instance];
+
+    /// The prefix of its ids, without the dash.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            IdKind::Environment => "env",
+            IdKind::Deployment => "deploy",
+            IdKind::Instance => "inst",
+        }
+    }
+
+    /// What it is called in messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            IdKind::Environment => "environment",
+            IdKind::Deployment => "deployment",
+            IdKind::Instance => "instance",
+        }
+    }
+
+    /// The noun with its article: "an environment", "a deployment".
+    fn a_noun(self) -> &'static str {
+        match self {
+            IdKind::Environment => "an environment",
+            IdKind::Deployment => "a deployment",
+            IdKind::Instance => "an instance",
+        }
+    }
+
+    /// The id as users see it: `deploy-7`.
+    pub fn format(self, id: u64) -> String {
+        format!("{}-{id}", self.prefix())
+    }
+
+    /// An id as users write it: `deploy-7`, or the bare number `7` (the kind is known from
+    /// where it is written). Another kind's id is refused with what it is.
+    pub fn parse(self, text: &str) -> Result<u64, ApiError> {
+        let text = text.trim();
+        if let Ok(id) = text.parse::<u64>() {
+            return Ok(id);
+        }
+        for kind in IdKind::ALL {
+            let number = text.strip_prefix(kind.prefix()).and_then(|rest| rest.strip_prefix('-')).and_then(|n| n.parse::<u64>().ok());
+            match number {
+                Some(id) if kind == self => return Ok(id),
+                Some(_) => return Err(ApiError::invalid(format!("{text} is {} id, not {} id", kind.a_noun(), self.a_noun()))),
+                None => {}
+            }
+        }
+        Err(ApiError::invalid(format!("{text:?} is not {} id: write {} or a number", self.a_noun(), self.format(7))))
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::IdKind;
+
+    #[test]
+    fn ids_are_written_with_their_kind_and_read_with_or_without_it() {
+        assert_eq!(IdKind::Deployment.format(7), "deploy-7");
+        assert_eq!(IdKind::Deployment.parse("deploy-7").unwrap(), 7);
+        assert_eq!(IdKind::Deployment.parse("7").unwrap(), 7);
+        assert_eq!(IdKind::Environment.parse(" env-12 ").unwrap(), 12);
+        let wrong = IdKind::Deployment.parse("inst-3").unwrap_err().to_string();
+        assert!(wrong.contains("inst-3 is an instance id, not a deployment id"), "{wrong}");
+        let garbage = IdKind::Instance.parse("deploy-x").unwrap_err().to_string();
+        assert!(garbage.contains("write inst-7 or a number"), "{garbage}");
     }
 }
