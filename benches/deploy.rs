@@ -73,7 +73,7 @@ fn main() {
         .iter()
         .map(|name| {
             let created = wharf.post("/api/v1/environments", json!({"project_id": "bench/app", "env_name": name}));
-            created.json["env_id"].as_u64().expect("environment created")
+            wharf_tests::id_number(&created.json["env_id"])
         })
         .collect();
     let (rolling, bluegreen, revert) = (envs[0], envs[1], envs[2]);

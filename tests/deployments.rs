@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use wharf_tests::{git_ok, wait_until, Wharf};
+use wharf_tests::{git_ok, id_number, wait_until, Wharf};
 
 /// The application: answers its version, and fails its health check when the version is `bad`.
 const APP: &str = r#"import http.server, os, time
@@ -155,7 +155,9 @@ fn create_environment_of(wharf: &Wharf, repo: &str, name: &str, protected: bool)
     let created = wharf.post("/api/v1/environments", body);
     assert_eq!(created.status, 201, "{created:?}");
     assert_eq!(created.json["message"], "Environment created successfully");
-    created.json["env_id"].as_u64().unwrap()
+    let env = &created.json["env_id"];
+    assert!(env.as_str().is_some_and(|e| e.starts_with("env-")), "{env}");
+    id_number(env)
 }
 
 /// Waits until the environment's newest deployment has finished; returns it.
@@ -173,7 +175,7 @@ fn settled(wharf: &Wharf, env: u64, revision: u64) -> Value {
                 .into_iter()
                 .flatten()
                 .map(|i| {
-                    let log = wharf.get(&format!("/api/v1/environments/{env}/instances/{}/log", i["id"]));
+                    let log = wharf.get(&format!("/api/v1/environments/{env}/instances/{}/log", id_number(&i["id"])));
                     format!("instance {} on node {}: {}", i["id"], i["node"], String::from_utf8_lossy(&log.bytes))
                 })
                 .collect();
@@ -227,7 +229,7 @@ fn rolling_updates_roll_back_bad_releases_by_themselves_and_never_fail_a_request
     app.push(&wharf, "v2");
     let second = settled(&wharf, staging, 2);
     assert_eq!(second["status"], "completed", "{second:#}");
-    let deployment = second["id"].as_u64().unwrap();
+    let deployment = id_number(&second["id"]);
     let status = status_of(&wharf, deployment);
     assert_eq!(status["status"], "completed");
     assert_eq!(status["revision"], 2);
@@ -252,7 +254,7 @@ fn rolling_updates_roll_back_bad_releases_by_themselves_and_never_fail_a_request
         .find_map(|e| unhealthy_instance(e, 3))
         .unwrap_or_else(|| panic!("no failed instance named in {events:?}"));
     let live = wharf.get(&format!("/api/v1/environments/{staging}")).json["instances"].clone();
-    assert!(live.as_array().unwrap().iter().all(|i| i["id"] != failed), "{live:#}");
+    assert!(live.as_array().unwrap().iter().all(|i| id_number(&i["id"]) != failed), "{live:#}");
     let log = wharf.get(&format!("/api/v1/environments/{staging}/instances/{failed}/log"));
     assert_eq!(log.status, 200, "{log:?}");
     assert!(String::from_utf8_lossy(&log.bytes).contains("version bad listening on"), "{log:?}");
@@ -262,7 +264,7 @@ fn rolling_updates_roll_back_bad_releases_by_themselves_and_never_fail_a_request
     let all = wharf.cli(&["env", "logs", &staging.to_string()]);
     let all = String::from_utf8_lossy(&all.stdout).into_owned();
     assert_eq!(all.matches("version v2 listening on").count(), 2, "{all}");
-    assert!(all.contains("==> instance "), "{all}");
+    assert!(all.contains("==> inst-"), "{all}");
     wait_until("traffic is on v2", Duration::from_secs(10), || traffic.last_versions(10).iter().all(|v| v == "v2"));
     let (failures, total) = traffic.failures();
     assert!(failures.is_empty(), "{} of {total} requests failed during the bad release: {failures:?}", failures.len());
@@ -310,7 +312,7 @@ fn blue_green_waits_for_promotion_and_a_killed_instance_is_replaced() {
         first = wharf.get(&format!("/api/v1/environments/{staging}/deployments")).json["deployments"][0].clone();
         first["status"] == "paused"
     });
-    assert_eq!(wharf.post(&format!("/api/v1/deployments/{}/promote", first["id"]), json!({})).status, 200);
+    assert_eq!(wharf.post(&format!("/api/v1/deployments/{}/promote", first["id"].as_str().unwrap()), json!({})).status, 200);
     assert_eq!(settled(&wharf, staging, 1)["status"], "completed");
 
     let traffic = Traffic::start(format!("{}/apps/acme/shop/staging/", wharf.url));
@@ -322,10 +324,10 @@ fn blue_green_waits_for_promotion_and_a_killed_instance_is_replaced() {
     });
     assert_eq!(version_of(&String::from_utf8_lossy(&wharf.get("/preview/acme/shop/staging/").bytes)), "v2", "the new set is at the preview route");
     assert_eq!(traffic.last_versions(10), vec!["v1"; 10], "traffic stays on the old set until promotion");
-    let status = status_of(&wharf, second["id"].as_u64().unwrap());
+    let status = status_of(&wharf, id_number(&second["id"]));
     assert_eq!(status["status"], "paused");
     assert!(status["details"].as_str().unwrap().contains("waiting for promotion"));
-    wharf.post(&format!("/api/v1/deployments/{}/promote", second["id"]), json!({}));
+    wharf.post(&format!("/api/v1/deployments/{}/promote", id_number(&second["id"])), json!({}));
     assert_eq!(settled(&wharf, staging, 2)["status"], "completed");
     wait_until("traffic is on v2", Duration::from_secs(10), || traffic.last_versions(10).iter().all(|v| v == "v2"));
 
@@ -412,7 +414,7 @@ fn the_cli_and_the_event_stream_follow_a_deployment_and_instance_output_is_reada
     let created = cli(&["env", "create", "acme/shop", "production", "--protected", "--memory", "1"]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let production: Value = serde_json::from_slice(&created.stdout).unwrap();
-    let production = production["env_id"].as_u64().unwrap();
+    let production = id_number(&production["env_id"]);
     let app = App::new("{ type: rolling, max_surge: 1, max_unavailable: 0 }");
     app.push(&wharf, "v1");
     wait_until("the pipeline passes", Duration::from_secs(60), || {
@@ -421,7 +423,7 @@ fn the_cli_and_the_event_stream_follow_a_deployment_and_instance_output_is_reada
 
     // Start through the API and follow the event stream from the first event to the end.
     let started = wharf.post("/api/v1/deployments", json!({"repo_url": "acme/shop", "branch_name": "main", "env_id": production}));
-    let id = started.json["deployment_id"].as_u64().unwrap();
+    let id = id_number(&started.json["deployment_id"]);
     let stream = reqwest::blocking::Client::new()
         .get(format!("{}/api/v1/deployments/{id}/events", wharf.url))
         .send()
@@ -452,7 +454,7 @@ fn the_cli_and_the_event_stream_follow_a_deployment_and_instance_output_is_reada
 
     // The instance's own output, read from the node that runs it.
     let instance = wharf.get(&format!("/api/v1/environments/{production}")).json["instances"][0].clone();
-    let log = wharf.get(&format!("/api/v1/environments/{production}/instances/{}/log", instance["id"]));
+    let log = wharf.get(&format!("/api/v1/environments/{production}/instances/{}/log", instance["id"].as_str().unwrap()));
     assert_eq!(String::from_utf8_lossy(&log.bytes), format!("version v1 listening on {}\n", instance["port"]));
     assert_eq!(wharf.get(&format!("/api/v1/environments/{production}/instances/999/log")).status, 404);
 
@@ -461,16 +463,56 @@ fn the_cli_and_the_event_stream_follow_a_deployment_and_instance_output_is_reada
     wait_until("the pipeline passes", Duration::from_secs(60), || {
         wharf.get("/api/v1/repos/acme/shop/pipelines").json["pipelines"][0]["status"] == "passed"
     });
-    let output = cli(&["deployment", "start", "acme/shop", "main", "--env", &production.to_string()]);
+    // The environment named by its name (issue 13, point 3).
+    let output = cli(&["deployment", "start", "acme/shop", "main", "--env", "production"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.starts_with(&format!("deploy-2: main of acme/shop to env-{production}\n")), "{stdout}");
     assert!(stdout.contains("  revision 2 serves\n"), "{stdout}");
     assert!(stdout.contains("[completed] revision 2: finished 100%"), "{stdout}");
     let listed = String::from_utf8(cli(&["env", "list", "acme/shop"]).stdout).unwrap();
-    assert!(listed.lines().any(|l| l.contains("production") && l.contains(" 2 ")), "{listed}");
-    let rollback = cli(&["env", "rollback", &production.to_string(), "1"]);
+    assert!(listed.lines().any(|l| l.contains(&format!("env-{production}")) && l.contains("production") && l.contains(" 2 ")), "{listed}");
+    let rollback = cli(&["env", "rollback", &format!("env-{production}"), "1"]);
     assert!(rollback.status.success(), "{}", String::from_utf8_lossy(&rollback.stdout));
     assert_eq!(version_of(&String::from_utf8_lossy(&wharf.get("/apps/acme/shop/production/").bytes)), "v1");
+
+    // Each kind has its own ids, shown with their kind; numbers are still accepted, and one kind
+    // is never taken for another.
+    let deployments = wharf.get("/api/v1/deployments");
+    assert_eq!(deployments.status, 200, "{deployments:?}");
+    let ids: Vec<&str> = deployments.json["deployments"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["deploy-3", "deploy-2", "deploy-1"]);
+    let completed = wharf.get(&format!("/api/v1/deployments?environment=env-{production}&status=completed"));
+    assert_eq!(completed.json["deployments"].as_array().unwrap().len(), 3, "{completed:?}");
+    assert_eq!(completed.json["deployments"][0]["env"], format!("env-{production}"));
+    assert_eq!(wharf.get("/api/v1/deployments?status=failed").json["deployments"], json!([]));
+    assert_eq!(wharf.get("/api/v1/deployments?status=sideways").status, 400);
+    assert_eq!(wharf.get("/api/v1/deployments/deploy-2").json["revision"], 2);
+    assert_eq!(wharf.get("/api/v1/deployments/2").json["deployment_id"], "deploy-2");
+    let confused = wharf.get("/api/v1/deployments/inst-1");
+    assert_eq!(confused.status, 400);
+    assert!(confused.json["error"]["message"].as_str().unwrap().contains("inst-1 is an instance id, not a deployment id"), "{confused:?}");
+    let status = wharf.get("/api/v1/deployments/status?deployment_id=deploy-3");
+    assert_eq!((status.json["deployment_id"].as_str(), status.json["status"].as_str()), (Some("deploy-3"), Some("completed")));
+    let table = String::from_utf8(cli(&["deployment", "list", "--env", "production", "--status", "completed"]).stdout).unwrap();
+    assert!(table.lines().nth(1).is_some_and(|l| l.contains("deploy-3") && l.contains(&format!("env-{production}"))), "{table}");
+    let follow = cli(&["deployment", "follow", "deploy-1"]);
+    assert!(follow.status.success() && String::from_utf8_lossy(&follow.stdout).contains("[completed] revision 1"), "{follow:?}");
+
+    // The pipeline follower says which deployment the pipeline started.
+    let staging = cli(&["env", "create", "acme/shop", "staging"]);
+    assert!(staging.status.success(), "{staging:?}");
+    app.push(&wharf, "v3");
+    let mut pipeline = 0;
+    wait_until("the third pipeline starts", Duration::from_secs(30), || {
+        let listed = wharf.get("/api/v1/repos/acme/shop/pipelines").json;
+        pipeline = listed["pipelines"][0]["id"].as_u64().unwrap_or_default();
+        listed["pipelines"].as_array().unwrap().len() == 3
+    });
+    let followed = cli(&["pipeline", "follow", &pipeline.to_string()]);
+    let stdout = String::from_utf8_lossy(&followed.stdout);
+    assert!(followed.status.success(), "{stdout}");
+    assert!(stdout.contains("deployment deploy-4 started: revision 1 of env-") && stdout.contains("(staging); follow it with: wharf deployment follow deploy-4"), "{stdout}");
 }
 
 /// Three nodes; node 1 owns the repository and runs the build, so the artifacts outlive the

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use wharf_tests::cluster::{free_port, names_placed_on, random_cookie};
-use wharf_tests::{files_under, git_ok, wait_until, wharf_binary, Wharf};
+use wharf_tests::{files_under, git_ok, id_number, wait_until, wharf_binary, Wharf};
 
 fn docker(args: &[&str]) -> Output {
     Command::new("docker").args(args).output().expect("run docker")
@@ -221,7 +221,7 @@ fn a_docker_environment_runs_its_instances_as_containers_with_its_limits() {
         "/api/v1/environments",
         serde_json::json!({"project_id": "acme/boxed", "env_name": "staging", "config": {"cpu": 1, "memory": 0.5, "storage": 1}}),
     );
-    let env = created.json["env_id"].as_u64().unwrap();
+    let env = id_number(&created.json["env_id"]);
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join(".wharf.yml"), CONTAINER_APP.replace("IMAGE", &image)).unwrap();
     // The job sees only its checkout (it is sandboxed), so the server comes in the commit.
@@ -250,7 +250,7 @@ fn a_docker_environment_runs_its_instances_as_containers_with_its_limits() {
     let instances = wharf.get(&format!("/api/v1/environments/{env}")).json["instances"].clone();
     assert_eq!(instances.as_array().unwrap().len(), 2);
     for instance in instances.as_array().unwrap() {
-        let name = format!("wharf-instance-{}", instance["id"]);
+        let name = format!("wharf-instance-{}", id_number(&instance["id"]));
         let limits = docker_ok(&["inspect", "--format", "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}}", &name]);
         assert_eq!(limits, "1000000000 536870912", "{name}: --cpus 1 --memory 512m");
     }
@@ -259,7 +259,7 @@ fn a_docker_environment_runs_its_instances_as_containers_with_its_limits() {
     push("v2");
     assert_eq!(settled(2)["status"], "completed");
     assert_eq!(String::from_utf8_lossy(&wharf.get("/apps/acme/boxed/staging/").bytes), "version v2 path /\n");
-    let old: Vec<String> = instances.as_array().unwrap().iter().map(|i| format!("wharf-instance-{}", i["id"])).collect();
+    let old: Vec<String> = instances.as_array().unwrap().iter().map(|i| format!("wharf-instance-{}", id_number(&i["id"]))).collect();
     wait_until("the old containers are gone", Duration::from_secs(60), || {
         old.iter().all(|name| !docker(&["inspect", name]).status.success())
     });

@@ -504,3 +504,12 @@ pub fn finished_pipeline(wharf: &Wharf, repo: &str) -> Value {
 pub fn job<'a>(pipeline: &'a Value, name: &str) -> &'a Value {
     pipeline["jobs"].as_array().unwrap().iter().find(|j| j["name"] == name).unwrap()
 }
+
+/// The number in an id the deployment API shows with its kind (`env-3`, `deploy-7`,
+/// `inst-12`), or in a bare number.
+pub fn id_number(value: &Value) -> u64 {
+    value
+        .as_u64()
+        .or_else(|| value.as_str()?.rsplit('-').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{value} is not an id"))
+}

@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use wharf_proto::deploy::{
+    IdKind,
     DeploymentKind, DeploymentRecord, DeploymentStatus, EnvConfig, EnvironmentRecord, InstanceHealth, InstanceRecord,
     InstanceTraffic,
 };
@@ -43,7 +44,7 @@ pub(crate) fn routes() -> OpenApiRouter<Shared> {
         .routes(routes!(show_environment, update_environment))
         .routes(routes!(history))
         .routes(routes!(rollback))
-        .routes(routes!(create_deployment))
+        .routes(routes!(create_deployment, list_deployments))
         .routes(routes!(deployment_status))
         .routes(routes!(show_deployment))
         .routes(routes!(promote))
@@ -150,7 +151,7 @@ struct EnvironmentView {
     #[serde(flatten)]
     env: EnvironmentRecord,
     /// The same as `id`, in the seed API's words.
-    env_id: u64,
+    env_id: String,
     /// The repository's `owner/name`.
     project: Option<String>,
     instances: Vec<InstanceRecord>,
@@ -162,7 +163,7 @@ struct DeploymentView {
     #[serde(flatten)]
     deployment: DeploymentRecord,
     /// The same as `id`, in the seed API's words.
-    deployment_id: u64,
+    deployment_id: String,
     progress: Progress,
 }
 
@@ -175,20 +176,59 @@ struct Progress {
     percent: usize,
 }
 
-fn environment_json(state: &FrontState, env: &EnvironmentRecord) -> EnvironmentView {
-    EnvironmentView {
+/// An environment as the API shows it (an [`EnvironmentView`] whose ids carry their kind).
+fn environment_json(state: &FrontState, env: &EnvironmentRecord) -> Value {
+    let view = EnvironmentView {
         env: env.clone(),
-        env_id: env.id,
+        env_id: IdKind::Environment.format(env.id),
         project: state.directory.repo_by_id(env.repo).map(|r| r.name.to_string()),
         instances: state.directory.instances(Some(env.id)),
+    };
+    let mut value = typed_ids(json!(view), IdKind::Environment);
+    if let Some(instances) = value["instances"].as_array_mut() {
+        for instance in instances {
+            *instance = typed_ids(instance.take(), IdKind::Instance);
+        }
     }
+    value
 }
 
-fn deployment_json(state: &FrontState, deployment: &DeploymentRecord) -> DeploymentView {
-    DeploymentView {
+/// A deployment as the API shows it (a [`DeploymentView`] whose ids carry their kind).
+fn deployment_json(state: &FrontState, deployment: &DeploymentRecord) -> Value {
+    let view = DeploymentView {
         deployment: deployment.clone(),
-        deployment_id: deployment.id,
+        deployment_id: IdKind::Deployment.format(deployment.id),
         progress: progress(state, deployment),
+    };
+    typed_ids(json!(view), IdKind::Deployment)
+}
+
+/// A record's `id` (of `kind`) and `env` as the API shows them: `deploy-7`, `env-3` (issue 13,
+/// point 3). Records store the bare numbers; the prefix is added here, at the boundary.
+fn typed_ids(mut value: Value, kind: IdKind) -> Value {
+    if let Some(id) = value["id"].as_u64() {
+        value["id"] = json!(kind.format(id));
+    }
+    if let Some(env) = value["env"].as_u64() {
+        value["env"] = json!(IdKind::Environment.format(env));
+    }
+    value
+}
+
+/// An id as a client writes it: a number, or a string (`env-3`, `"3"`); see [`IdKind::parse`].
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+enum IdInput {
+    Number(u64),
+    Text(String),
+}
+
+impl IdInput {
+    fn of(&self, kind: IdKind) -> Result<u64, ApiError> {
+        match self {
+            IdInput::Number(id) => Ok(*id),
+            IdInput::Text(text) => kind.parse(text),
+        }
     }
 }
 
@@ -276,47 +316,53 @@ async fn create_environment(State(state): State<Shared>, headers: HeaderMap, Jso
     crate::api::visible("the environment", || state.directory.environment(id)).await?;
     created(EnvironmentMessage {
         message: "Environment created successfully".into(),
-        env_id: id,
+        env_id: IdKind::Environment.format(id),
     })
 }
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct EnvId {
-    /// The environment.
-    env_id: u64,
+    /// The environment: `env-3`, or its number.
+    #[param(value_type = String)]
+    env_id: IdInput,
 }
 
 /// What happened to an environment, in the seed API's words.
 #[derive(Serialize, ToSchema)]
 struct EnvironmentMessage {
     message: String,
-    env_id: u64,
+    /// `env-3`.
+    env_id: String,
 }
 
 /// What happened to a deployment, in the seed API's words.
 #[derive(Serialize, ToSchema)]
 struct DeploymentMessage {
     message: String,
-    deployment_id: u64,
+    /// `deploy-7`.
+    deployment_id: String,
 }
 
 /// Environments.
 #[derive(Serialize, ToSchema)]
 struct EnvironmentList {
-    environments: Vec<EnvironmentView>,
+    #[schema(value_type = Vec<EnvironmentView>)]
+    environments: Vec<Value>,
 }
 
 /// An environment's deployments, newest first.
 #[derive(Serialize, ToSchema)]
 struct DeploymentList {
-    deployments: Vec<DeploymentView>,
+    #[schema(value_type = Vec<DeploymentView>)]
+    deployments: Vec<Value>,
 }
 
 /// A deployment's status, in the seed API's words.
 #[derive(Serialize, ToSchema)]
 struct DeploymentStatusView {
-    deployment_id: u64,
+    /// `deploy-7`.
+    deployment_id: String,
     status: DeploymentStatus,
     /// How far it is, in words.
     details: String,
@@ -327,11 +373,12 @@ struct DeploymentStatusView {
 #[utoipa::path(delete, path = "/api/v1/environments", tag = tags::DEPLOY, description = "The arguments come as query parameters, or as the same fields in a JSON body.", params(EnvId), responses((status = 200, description = "Deleted", body = EnvironmentMessage)))]
 async fn delete_environment(State(state): State<Shared>, headers: HeaderMap, BodyOrQuery(body): BodyOrQuery<EnvId>) -> ApiResult {
     writer(&state, &headers)?;
-    environment_of(&state, body.env_id)?;
-    act(&state, DeployAction::DeleteEnvironment { env: body.env_id }).await?;
+    let env = body.env_id.of(IdKind::Environment)?;
+    environment_of(&state, env)?;
+    act(&state, DeployAction::DeleteEnvironment { env }).await?;
     json_ok(EnvironmentMessage {
         message: "Environment deleted successfully".into(),
-        env_id: body.env_id,
+        env_id: IdKind::Environment.format(env),
     })
 }
 
@@ -361,8 +408,9 @@ async fn list_environments(
 }
 
 #[utoipa::path(get, path = "/api/v1/environments/{id}", tag = tags::DEPLOY, params(IdPath), responses((status = 200, description = "The environment and its instances", body = EnvironmentView)))]
-async fn show_environment(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
+async fn show_environment(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<String>) -> ApiResult {
     reader(&state, &headers)?;
+    let id = IdKind::Environment.parse(&id)?;
     json_ok(environment_json(&state, &environment_of(&state, id)?))
 }
 
@@ -377,10 +425,11 @@ struct UpdateEnvironment {
 async fn update_environment(
     State(state): State<Shared>,
     headers: HeaderMap,
-    JsonPath(id): JsonPath<u64>,
+    JsonPath(id): JsonPath<String>,
     JsonBody(body): JsonBody<UpdateEnvironment>,
 ) -> ApiResult {
     writer(&state, &headers)?;
+    let id = IdKind::Environment.parse(&id)?;
     environment_of(&state, id)?;
     if let Some(config) = &body.config {
         check_config(config)?;
@@ -390,8 +439,9 @@ async fn update_environment(
 }
 
 #[utoipa::path(get, path = "/api/v1/environments/{id}/deployments", tag = tags::DEPLOY, params(IdPath), responses((status = 200, description = "Its deployments, newest first", body = DeploymentList)))]
-async fn history(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
+async fn history(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<String>) -> ApiResult {
     reader(&state, &headers)?;
+    let id = IdKind::Environment.parse(&id)?;
     environment_of(&state, id)?;
     let deployments = state.directory.deployments(Some(id)).iter().rev().map(|d| deployment_json(&state, d)).collect();
     json_ok(DeploymentList { deployments })
@@ -408,10 +458,11 @@ struct RollbackBody {
 async fn rollback(
     State(state): State<Shared>,
     headers: HeaderMap,
-    JsonPath(id): JsonPath<u64>,
+    JsonPath(id): JsonPath<String>,
     JsonBody(body): JsonBody<RollbackBody>,
 ) -> ApiResult {
     writer(&state, &headers)?;
+    let id = IdKind::Environment.parse(&id)?;
     environment_of(&state, id)?;
     let action = DeployAction::CreateDeployment {
         env: id,
@@ -422,7 +473,7 @@ async fn rollback(
     let deployment = act_for_id(&state, action).await?;
     created(DeploymentMessage {
         message: format!("Rolling back to revision {}", body.revision),
-        deployment_id: deployment,
+        deployment_id: IdKind::Deployment.format(deployment),
     })
 }
 
@@ -434,8 +485,9 @@ struct CreateDeployment {
     repo_url: String,
     /// The branch whose tip is deployed.
     branch_name: String,
-    /// The environment, of that repository.
-    env_id: u64,
+    /// The environment, of that repository: `env-3`, or its number.
+    #[schema(value_type = String)]
+    env_id: IdInput,
 }
 
 /// Deploys a branch's tip to an environment: an explicit call, so protected environments too.
@@ -443,7 +495,7 @@ struct CreateDeployment {
 async fn create_deployment(State(state): State<Shared>, headers: HeaderMap, JsonBody(body): JsonBody<CreateDeployment>) -> ApiResult {
     writer(&state, &headers)?;
     let name = RepoName::parse(&body.repo_url)?;
-    let env = environment_of(&state, body.env_id)?;
+    let env = environment_of(&state, body.env_id.of(IdKind::Environment)?)?;
     let repo = crate::api::record_of(&state, &name)?;
     if env.repo != repo.id {
         return Err(ApiError::invalid(format!("environment {} belongs to another repository", env.id)).into());
@@ -468,27 +520,76 @@ async fn create_deployment(State(state): State<Shared>, headers: HeaderMap, Json
     let id = act_for_id(&state, action).await?;
     created(DeploymentMessage {
         message: "Deployment started".into(),
-        deployment_id: id,
+        deployment_id: IdKind::Deployment.format(id),
     })
+}
+
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct DeploymentFilter {
+    /// Only this environment's: `env-3`, or its number.
+    #[param(value_type = Option<String>)]
+    environment: Option<IdInput>,
+    /// Only those with this status: `pending`, `in-progress`, `paused`, `completed`, `failed`
+    /// or `rolled-back`.
+    status: Option<String>,
+    /// Only those of this commit.
+    sha: Option<String>,
+    /// At most this many, newest first (default 100, at most 1000).
+    limit: Option<usize>,
+}
+
+/// Deployments of every environment, newest first, filtered by environment, status or commit.
+#[utoipa::path(get, path = "/api/v1/deployments", tag = tags::DEPLOY, params(DeploymentFilter), responses((status = 200, description = "Deployments, newest first", body = DeploymentList)))]
+async fn list_deployments(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<DeploymentFilter>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    reader(&state, &headers)?;
+    let Query(filter) = query.map_err(crate::api::bad_query)?;
+    let env = filter.environment.map(|e| e.of(IdKind::Environment)).transpose()?;
+    if let Some(env) = env {
+        environment_of(&state, env)?;
+    }
+    let status = filter
+        .status
+        .map(|s| {
+            serde_json::from_value::<DeploymentStatus>(json!(s))
+                .map_err(|_| ApiError::invalid(format!("unknown status {s:?}: pending, in-progress, paused, completed, failed or rolled-back")))
+        })
+        .transpose()?;
+    let mut deployments = state.directory.deployments(env);
+    deployments.sort_by_key(|d| std::cmp::Reverse((d.created_ms, d.id)));
+    let deployments = deployments
+        .iter()
+        .filter(|d| status.is_none_or(|s| d.status == s))
+        .filter(|d| filter.sha.as_ref().is_none_or(|sha| &d.sha == sha))
+        .take(filter.limit.unwrap_or(100).clamp(1, 1000))
+        .map(|d| deployment_json(&state, d))
+        .collect();
+    json_ok(DeploymentList { deployments })
 }
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct DeploymentId {
-    /// The deployment.
-    deployment_id: u64,
+    /// The deployment: `deploy-7`, or its number.
+    #[param(value_type = String)]
+    deployment_id: IdInput,
 }
 
 #[utoipa::path(get, path = "/api/v1/deployments/status", tag = tags::DEPLOY, description = "The arguments come as query parameters, or as the same fields in a JSON body.", params(DeploymentId), responses((status = 200, description = "Its status", body = DeploymentStatusView)))]
 async fn deployment_status(State(state): State<Shared>, headers: HeaderMap, BodyOrQuery(body): BodyOrQuery<DeploymentId>) -> ApiResult {
     reader(&state, &headers)?;
-    let deployment = crate::api::visible("the deployment", || state.directory.deployment(body.deployment_id))
+    let id = body.deployment_id.of(IdKind::Deployment)?;
+    let deployment = crate::api::visible("the deployment", || state.directory.deployment(id))
         .await
         .map_err(|_| ApiError::NotFound {
-            what: format!("deployment {}", body.deployment_id),
+            what: format!("deployment {}", IdKind::Deployment.format(id)),
         })?;
     json_ok(DeploymentStatusView {
-        deployment_id: deployment.id,
+        deployment_id: IdKind::Deployment.format(deployment.id),
         status: deployment.status,
         details: deployment.details,
         revision: deployment.revision,
@@ -496,8 +597,9 @@ async fn deployment_status(State(state): State<Shared>, headers: HeaderMap, Body
 }
 
 #[utoipa::path(get, path = "/api/v1/deployments/{id}", tag = tags::DEPLOY, params(IdPath), responses((status = 200, description = "The deployment", body = DeploymentView)))]
-async fn show_deployment(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
+async fn show_deployment(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<String>) -> ApiResult {
     reader(&state, &headers)?;
+    let id = IdKind::Deployment.parse(&id)?;
     let deployment = state.directory.deployment(id).ok_or_else(|| ApiError::NotFound {
         what: format!("deployment {id}"),
     })?;
@@ -508,9 +610,10 @@ async fn show_deployment(State(state): State<Shared>, headers: HeaderMap, JsonPa
 /// (the id is its index, so `Last-Event-ID` resumes), `status` when its status or details
 /// change, and a final `end`.
 #[utoipa::path(get, path = "/api/v1/deployments/{id}/events", tag = tags::DEPLOY, description = "Server-Sent Events: `event` for each line of its history (the id is its index, so `Last-Event-ID` resumes), `status` when its status or details change, and a final `end`.", params(IdPath), responses((status = 200, description = "The event stream", content_type = "text/event-stream", body = String)))]
-async fn deployment_events(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
+async fn deployment_events(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<String>) -> ApiResult {
     use axum::response::sse::{Event, KeepAlive, Sse};
     reader(&state, &headers)?;
+    let id = IdKind::Deployment.parse(&id)?;
     state.directory.deployment(id).ok_or_else(|| ApiError::NotFound {
         what: format!("deployment {id}"),
     })?;
@@ -548,8 +651,9 @@ async fn deployment_events(State(state): State<Shared>, headers: HeaderMap, Json
 /// stopped (a failed release after its rollback, say) has no record any more, but its output
 /// stays on the node's disk: it is looked for on every storage node (issue 13, point 8).
 #[utoipa::path(get, path = "/api/v1/environments/{id}/instances/{instance}/log", tag = tags::DEPLOY, description = "The output of an instance, running or stopped: a failed instance's output stays readable after its rollback. Its id is in the deployment's events (`instance 5 of revision 3 is unhealthy`).", params(IdPath, ("instance" = u64, Path, description = "The instance")), responses((status = 200, description = "The instance's output", content_type = "text/plain", body = String)))]
-async fn instance_log(State(state): State<Shared>, headers: HeaderMap, JsonPath((env, id)): JsonPath<(u64, u64)>) -> ApiResult {
+async fn instance_log(State(state): State<Shared>, headers: HeaderMap, JsonPath((env, id)): JsonPath<(String, String)>) -> ApiResult {
     reader(&state, &headers)?;
+    let (env, id) = (IdKind::Environment.parse(&env)?, IdKind::Instance.parse(&id)?);
     let not_found = || ApiError::NotFound {
         what: format!("instance {id} of environment {env}"),
     };
@@ -595,15 +699,16 @@ async fn read_instance_log(state: &FrontState, node: NodeId, id: u64) -> Result<
 }
 
 #[utoipa::path(post, path = "/api/v1/deployments/{id}/promote", tag = tags::DEPLOY, params(IdPath), responses((status = 200, description = "Promotion requested", body = DeploymentMessage)))]
-async fn promote(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<u64>) -> ApiResult {
+async fn promote(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<String>) -> ApiResult {
     writer(&state, &headers)?;
+    let id = IdKind::Deployment.parse(&id)?;
     state.directory.deployment(id).ok_or_else(|| ApiError::NotFound {
         what: format!("deployment {id}"),
     })?;
     act(&state, DeployAction::PromoteDeployment { deployment: id }).await?;
     json_ok(DeploymentMessage {
         message: "Promotion requested".into(),
-        deployment_id: id,
+        deployment_id: IdKind::Deployment.format(id),
     })
 }
 

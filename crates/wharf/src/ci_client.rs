@@ -175,7 +175,8 @@ async fn follow(server: &Server, id: u64) -> anyhow::Result<()> {
         }
         let finished = !matches!(pipeline["status"].as_str(), Some("queued" | "running"));
         if finished && shown.values().all(|s| s.complete) {
-            return summary(&pipeline, &jobs);
+            summary(&pipeline, &jobs)?;
+            return started_deployments(server, &pipeline).await;
         }
         tokio::time::sleep(FOLLOW_POLL).await;
     }
@@ -210,6 +211,48 @@ async fn show_job(server: &Server, job: &Value, shown: &mut Shown) -> anyhow::Re
     }
     shown.offset += whole as u64;
     shown.complete = complete && whole == text.len() && next == shown.offset;
+    Ok(())
+}
+
+/// After a pipeline passed: the deployments it started (one per unprotected environment whose
+/// branch it ran on), so that the user knows what to follow next. They appear a moment after
+/// the pipeline ends: looked for during up to 5 s, and only if the repository has an
+/// environment that a pipeline deploys to.
+async fn started_deployments(server: &Server, pipeline: &Value) -> anyhow::Result<()> {
+    let repo = pipeline["repo"].as_u64().unwrap_or_default();
+    let environments = server.send(Method::GET, &format!("/api/v1/environments?project_id={repo}"), None).await?;
+    let names: BTreeMap<String, String> = environments["environments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["protected"] == false)
+        .map(|e| (e["id"].as_str().unwrap_or_default().to_owned(), e["name"].as_str().unwrap_or_default().to_owned()))
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let (sha, finished) = (pipeline["sha"].as_str().unwrap_or_default(), pipeline["finished_ms"].as_u64().unwrap_or_default());
+    for _ in 0..10 {
+        let listed = server.send(Method::GET, &format!("/api/v1/deployments?sha={sha}"), None).await?;
+        let started: Vec<&Value> = listed["deployments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|d| d["created_ms"].as_u64() >= Some(finished.saturating_sub(5_000)) && names.contains_key(d["env"].as_str().unwrap_or_default()))
+            .collect();
+        if !started.is_empty() {
+            for deployment in started {
+                let (id, env) = (deployment["id"].as_str().unwrap_or("?"), deployment["env"].as_str().unwrap_or("?"));
+                out!(
+                    "deployment {id} started: revision {} of {env} ({}); follow it with: wharf deployment follow {id}",
+                    deployment["revision"],
+                    names.get(env).map_or("?", String::as_str)
+                );
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(FOLLOW_POLL).await;
+    }
     Ok(())
 }
 

@@ -8,6 +8,8 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use wharf_proto::deploy::IdKind;
+
 use crate::client::{print, Server};
 
 /// `wharf env …`
@@ -33,20 +35,28 @@ pub enum EnvCommand {
     /// List environments (of one repository).
     List { repo: Option<String> },
     /// Show an environment: its revision and instances.
-    Show { id: u64 },
+    Show {
+        /// The environment: env-3, 3, or its name.
+        env: String,
+    },
     /// Delete an environment and stop its instances.
-    Delete { id: u64 },
+    Delete {
+        /// The environment: env-3, 3, or its name.
+        env: String,
+    },
     /// Print the output of an environment's instances, or of one instance. A stopped
     /// instance's output stays readable (a failed release's, after its rollback): its id is in
     /// the deployment's events (`instance 5 of revision 3 is unhealthy`).
     Logs {
-        id: u64,
-        /// Only this instance, running or stopped.
-        instance: Option<u64>,
+        /// The environment: env-3, 3, or its name.
+        env: String,
+        /// Only this instance (inst-5 or 5), running or stopped.
+        instance: Option<String>,
     },
     /// Return to an earlier revision, and follow the rollback.
     Rollback {
-        id: u64,
+        /// The environment: env-3, 3, or its name.
+        env: String,
         revision: u64,
         #[arg(long)]
         no_follow: bool,
@@ -60,19 +70,69 @@ pub enum DeploymentCommand {
     Start {
         repo: String,
         branch: String,
-        /// The environment's id.
+        /// The environment: env-3, 3, or its name.
         #[arg(long)]
-        env: u64,
+        env: String,
         #[arg(long)]
         no_follow: bool,
     },
     /// Follow a deployment: its events and progress until it ends. Exits non-zero unless it
     /// completed.
-    Follow { id: u64 },
+    Follow {
+        /// The deployment: deploy-7 or 7.
+        id: String,
+    },
     /// Show a deployment.
-    Show { id: u64 },
+    Show {
+        /// The deployment: deploy-7 or 7.
+        id: String,
+    },
     /// Let a blue-green deployment waiting for promotion take the traffic.
-    Promote { id: u64 },
+    Promote {
+        /// The deployment: deploy-7 or 7.
+        id: String,
+    },
+    /// List deployments, newest first.
+    List {
+        /// Only this environment's: env-3, 3, or its name.
+        #[arg(long)]
+        env: Option<String>,
+        /// Only those with this status (pending, in-progress, paused, completed, failed,
+        /// rolled-back).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+/// The environment that `text` names: `env-3`, `3`, or a name (refused if two repositories
+/// have an environment of that name; then use its id).
+async fn environment_id(server: &Server, text: &str) -> anyhow::Result<u64> {
+    if let Ok(id) = IdKind::Environment.parse(text) {
+        return Ok(id);
+    }
+    let listed = server.send(Method::GET, "/api/v1/environments", None).await?;
+    let named: Vec<&Value> = listed["environments"].as_array().into_iter().flatten().filter(|e| e["name"] == text).collect();
+    match named[..] {
+        [env] => Ok(IdKind::Environment.parse(env["id"].as_str().unwrap_or_default())?),
+        [] => bail!("no environment is named {text:?} (wharf env list shows them)"),
+        _ => {
+            let which: Vec<String> = named.iter().map(|e| format!("{} of {}", e["id"].as_str().unwrap_or("?"), e["project"].as_str().unwrap_or("?"))).collect();
+            bail!("{} environments are named {text:?}: {}; name one by its id", named.len(), which.join(", "))
+        }
+    }
+}
+
+/// A deployment id as the user wrote it: `deploy-7` or `7`.
+fn deployment_id(text: &str) -> anyhow::Result<u64> {
+    Ok(IdKind::Deployment.parse(text)?)
+}
+
+/// The number in an id the API returned (`deploy-7`), or 0.
+fn number(value: &Value, kind: IdKind) -> u64 {
+    value.as_str().and_then(|text| kind.parse(text).ok()).or_else(|| value.as_u64()).unwrap_or_default()
 }
 
 pub async fn env(server: Server, command: EnvCommand) -> anyhow::Result<()> {
@@ -88,11 +148,11 @@ pub async fn env(server: Server, command: EnvCommand) -> anyhow::Result<()> {
                 None => "/api/v1/environments".into(),
             };
             let listed = server.send(Method::GET, &path, None).await?;
-            out!("{:>5}  {:<24} {:<14} {:>8} {:>9} {:>9}", "ID", "PROJECT", "NAME", "REVISION", "INSTANCES", "PROTECTED");
+            out!("{:>8}  {:<24} {:<14} {:>8} {:>9} {:>9}", "ID", "PROJECT", "NAME", "REVISION", "INSTANCES", "PROTECTED");
             for env in listed["environments"].as_array().into_iter().flatten() {
                 out!(
-                    "{:>5}  {:<24} {:<14} {:>8} {:>9} {:>9}",
-                    env["id"].as_u64().unwrap_or_default(),
+                    "{:>8}  {:<24} {:<14} {:>8} {:>9} {:>9}",
+                    env["id"].as_str().unwrap_or(""),
                     env["project"].as_str().unwrap_or(""),
                     env["name"].as_str().unwrap_or(""),
                     env["current_revision"].as_u64().map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
@@ -101,29 +161,41 @@ pub async fn env(server: Server, command: EnvCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        EnvCommand::Show { id } => print(&server.send(Method::GET, &format!("/api/v1/environments/{id}"), None).await?),
-        EnvCommand::Delete { id } => print(&server.send(Method::DELETE, "/api/v1/environments", Some(json!({"env_id": id}))).await?),
-        EnvCommand::Logs { id, instance } => {
+        EnvCommand::Show { env } => {
+            let id = environment_id(&server, &env).await?;
+            print(&server.send(Method::GET, &format!("/api/v1/environments/{id}"), None).await?)
+        }
+        EnvCommand::Delete { env } => {
+            let id = environment_id(&server, &env).await?;
+            print(&server.send(Method::DELETE, "/api/v1/environments", Some(json!({"env_id": id}))).await?)
+        }
+        EnvCommand::Logs { env, instance } => {
+            let id = environment_id(&server, &env).await?;
             let instances = match instance {
-                Some(instance) => vec![instance],
+                Some(instance) => vec![IdKind::Instance.parse(&instance)?],
                 None => {
                     let environment = server.send(Method::GET, &format!("/api/v1/environments/{id}"), None).await?;
-                    environment["instances"].as_array().into_iter().flatten().filter_map(|i| i["id"].as_u64()).collect()
+                    environment["instances"].as_array().into_iter().flatten().map(|i| number(&i["id"], IdKind::Instance)).collect()
                 }
             };
             let headed = instances.len() > 1;
             for instance in instances {
                 let log = server.send(Method::GET, &format!("/api/v1/environments/{id}/instances/{instance}/log"), None).await?;
                 if headed {
-                    out!("==> instance {instance} <==");
+                    out!("==> {} <==", IdKind::Instance.format(instance));
                 }
                 out_raw!("{}", log.as_str().unwrap_or(""));
             }
         }
-        EnvCommand::Rollback { id, revision, no_follow } => {
+        EnvCommand::Rollback { env, revision, no_follow } => {
+            let id = environment_id(&server, &env).await?;
             let started = server.send(Method::POST, &format!("/api/v1/environments/{id}/rollback"), Some(json!({"revision": revision}))).await?;
-            let deployment = started["deployment_id"].as_u64().unwrap_or_default();
-            out!("deployment {deployment}: rolling back environment {id} to revision {revision}");
+            let deployment = number(&started["deployment_id"], IdKind::Deployment);
+            out!(
+                "{}: rolling back {} to revision {revision}",
+                IdKind::Deployment.format(deployment),
+                IdKind::Environment.format(id)
+            );
             if !no_follow {
                 follow(&server, deployment).await?;
             }
@@ -135,22 +207,49 @@ pub async fn env(server: Server, command: EnvCommand) -> anyhow::Result<()> {
 pub async fn deployment(server: Server, command: DeploymentCommand) -> anyhow::Result<()> {
     match command {
         DeploymentCommand::Start { repo, branch, env, no_follow } => {
-            let body = json!({"repo_url": repo, "branch_name": branch, "env_id": env});
+            let env_id = environment_id(&server, &env).await?;
+            let body = json!({"repo_url": repo, "branch_name": branch, "env_id": env_id});
             let started = server.send(Method::POST, "/api/v1/deployments", Some(body)).await?;
-            let id = started["deployment_id"].as_u64().unwrap_or_default();
-            out!("deployment {id}: {branch} of {repo} to environment {env}");
+            let id = number(&started["deployment_id"], IdKind::Deployment);
+            out!("{}: {branch} of {repo} to {}", IdKind::Deployment.format(id), IdKind::Environment.format(env_id));
             if !no_follow {
                 follow(&server, id).await?;
             }
             Ok(())
         }
-        DeploymentCommand::Follow { id } => follow(&server, id).await,
+        DeploymentCommand::Follow { id } => follow(&server, deployment_id(&id)?).await,
         DeploymentCommand::Show { id } => {
+            let id = deployment_id(&id)?;
             print(&server.send(Method::GET, &format!("/api/v1/deployments/{id}"), None).await?);
             Ok(())
         }
         DeploymentCommand::Promote { id } => {
+            let id = deployment_id(&id)?;
             print(&server.send(Method::POST, &format!("/api/v1/deployments/{id}/promote"), None).await?);
+            Ok(())
+        }
+        DeploymentCommand::List { env, status, limit } => {
+            let mut path = format!("/api/v1/deployments?limit={limit}");
+            if let Some(env) = env {
+                path.push_str(&format!("&environment={}", environment_id(&server, &env).await?));
+            }
+            if let Some(status) = status {
+                path.push_str(&format!("&status={status}"));
+            }
+            let listed = server.send(Method::GET, &path, None).await?;
+            out!("{:>10}  {:>8} {:>8}  {:<12} {:<12} {:<8} DETAILS", "ID", "ENV", "REVISION", "STATUS", "BRANCH", "COMMIT");
+            for deployment in listed["deployments"].as_array().into_iter().flatten() {
+                out!(
+                    "{:>10}  {:>8} {:>8}  {:<12} {:<12} {:<8} {}",
+                    deployment["id"].as_str().unwrap_or(""),
+                    deployment["env"].as_str().unwrap_or(""),
+                    deployment["revision"].as_u64().unwrap_or_default(),
+                    deployment["status"].as_str().unwrap_or(""),
+                    deployment["branch"].as_str().unwrap_or("-"),
+                    deployment["sha"].as_str().unwrap_or("").chars().take(8).collect::<String>(),
+                    deployment["details"].as_str().unwrap_or("")
+                );
+            }
             Ok(())
         }
     }
@@ -190,7 +289,7 @@ async fn follow(server: &Server, id: u64) -> anyhow::Result<()> {
         }
         match status.as_str() {
             "completed" => return Ok(()),
-            "failed" | "rolled-back" => bail!("deployment {id} {status}"),
+            "failed" | "rolled-back" => bail!("{} {status}", IdKind::Deployment.format(id)),
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
         deployment = server.send(Method::GET, &path, None).await?;
