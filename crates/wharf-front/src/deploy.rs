@@ -27,7 +27,7 @@ use wharf_proto::{ApiError, DeployAction, NodeId, NodeReply, NodeRequest, RepoNa
 use crate::api::{created, json_ok, reader, repo_call, unexpected, writer};
 use crate::error::HttpError;
 use crate::extract::{BodyOrQuery, JsonBody, JsonPath};
-use crate::openapi::{tags, IdPath};
+use crate::openapi::{tags, DeployIdPath};
 use crate::FrontState;
 
 type Shared = Arc<FrontState>;
@@ -407,7 +407,7 @@ async fn list_environments(
     json_ok(EnvironmentList { environments })
 }
 
-#[utoipa::path(get, path = "/api/v1/environments/{id}", tag = tags::DEPLOY, params(IdPath), responses((status = 200, description = "The environment and its instances", body = EnvironmentView)))]
+#[utoipa::path(get, path = "/api/v1/environments/{id}", tag = tags::DEPLOY, params(DeployIdPath), responses((status = 200, description = "The environment and its instances", body = EnvironmentView)))]
 async fn show_environment(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<String>) -> ApiResult {
     reader(&state, &headers)?;
     let id = IdKind::Environment.parse(&id)?;
@@ -421,7 +421,7 @@ struct UpdateEnvironment {
     protected: Option<bool>,
 }
 
-#[utoipa::path(patch, path = "/api/v1/environments/{id}", tag = tags::DEPLOY, params(IdPath), request_body = UpdateEnvironment, responses((status = 200, description = "The environment as changed", body = EnvironmentView)))]
+#[utoipa::path(patch, path = "/api/v1/environments/{id}", tag = tags::DEPLOY, params(DeployIdPath), request_body = UpdateEnvironment, responses((status = 200, description = "The environment as changed", body = EnvironmentView)))]
 async fn update_environment(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -438,7 +438,7 @@ async fn update_environment(
     json_ok(environment_json(&state, &environment_of(&state, id)?))
 }
 
-#[utoipa::path(get, path = "/api/v1/environments/{id}/deployments", tag = tags::DEPLOY, params(IdPath), responses((status = 200, description = "Its deployments, newest first", body = DeploymentList)))]
+#[utoipa::path(get, path = "/api/v1/environments/{id}/deployments", tag = tags::DEPLOY, params(DeployIdPath), responses((status = 200, description = "Its deployments, newest first", body = DeploymentList)))]
 async fn history(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<String>) -> ApiResult {
     reader(&state, &headers)?;
     let id = IdKind::Environment.parse(&id)?;
@@ -454,7 +454,7 @@ struct RollbackBody {
     revision: u64,
 }
 
-#[utoipa::path(post, path = "/api/v1/environments/{id}/rollback", tag = tags::DEPLOY, params(IdPath), request_body = RollbackBody, responses((status = 201, description = "A rollback deployment started", body = DeploymentMessage)))]
+#[utoipa::path(post, path = "/api/v1/environments/{id}/rollback", tag = tags::DEPLOY, params(DeployIdPath), request_body = RollbackBody, responses((status = 201, description = "A rollback deployment started", body = DeploymentMessage)))]
 async fn rollback(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -596,7 +596,7 @@ async fn deployment_status(State(state): State<Shared>, headers: HeaderMap, Body
     })
 }
 
-#[utoipa::path(get, path = "/api/v1/deployments/{id}", tag = tags::DEPLOY, params(IdPath), responses((status = 200, description = "The deployment", body = DeploymentView)))]
+#[utoipa::path(get, path = "/api/v1/deployments/{id}", tag = tags::DEPLOY, params(DeployIdPath), responses((status = 200, description = "The deployment", body = DeploymentView)))]
 async fn show_deployment(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<String>) -> ApiResult {
     reader(&state, &headers)?;
     let id = IdKind::Deployment.parse(&id)?;
@@ -609,7 +609,7 @@ async fn show_deployment(State(state): State<Shared>, headers: HeaderMap, JsonPa
 /// A deployment's events live, as Server-Sent Events: `event` for each line of its history
 /// (the id is its index, so `Last-Event-ID` resumes), `status` when its status or details
 /// change, and a final `end`.
-#[utoipa::path(get, path = "/api/v1/deployments/{id}/events", tag = tags::DEPLOY, description = "Server-Sent Events: `event` for each line of its history (the id is its index, so `Last-Event-ID` resumes), `status` when its status or details change, and a final `end`.", params(IdPath), responses((status = 200, description = "The event stream", content_type = "text/event-stream", body = String)))]
+#[utoipa::path(get, path = "/api/v1/deployments/{id}/events", tag = tags::DEPLOY, description = "Server-Sent Events: `event` for each line of its history (the id is its index, so `Last-Event-ID` resumes), `status` when its status or details change, and a final `end`.", params(DeployIdPath), responses((status = 200, description = "The event stream", content_type = "text/event-stream", body = String)))]
 async fn deployment_events(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<String>) -> ApiResult {
     use axum::response::sse::{Event, KeepAlive, Sse};
     reader(&state, &headers)?;
@@ -650,7 +650,7 @@ async fn deployment_events(State(state): State<Shared>, headers: HeaderMap, Json
 /// The output of one instance, read from the node that runs or ran it. An instance that has
 /// stopped (a failed release after its rollback, say) has no record any more, but its output
 /// stays on the node's disk: it is looked for on every storage node (issue 13, point 8).
-#[utoipa::path(get, path = "/api/v1/environments/{id}/instances/{instance}/log", tag = tags::DEPLOY, description = "The output of an instance, running or stopped: a failed instance's output stays readable after its rollback. Its id is in the deployment's events (`instance 5 of revision 3 is unhealthy`).", params(IdPath, ("instance" = u64, Path, description = "The instance")), responses((status = 200, description = "The instance's output", content_type = "text/plain", body = String)))]
+#[utoipa::path(get, path = "/api/v1/environments/{id}/instances/{instance}/log", tag = tags::DEPLOY, description = "The output of an instance, running or stopped: a failed instance's output stays readable after its rollback. Its id is in the deployment's events (`instance 5 of revision 3 is unhealthy`).", params(DeployIdPath, ("instance" = String, Path, description = "The instance: `inst-12`, or its number")), responses((status = 200, description = "The instance's output", content_type = "text/plain", body = String)))]
 async fn instance_log(State(state): State<Shared>, headers: HeaderMap, JsonPath((env, id)): JsonPath<(String, String)>) -> ApiResult {
     reader(&state, &headers)?;
     let (env, id) = (IdKind::Environment.parse(&env)?, IdKind::Instance.parse(&id)?);
@@ -698,7 +698,7 @@ async fn read_instance_log(state: &FrontState, node: NodeId, id: u64) -> Result<
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/deployments/{id}/promote", tag = tags::DEPLOY, params(IdPath), responses((status = 200, description = "Promotion requested", body = DeploymentMessage)))]
+#[utoipa::path(post, path = "/api/v1/deployments/{id}/promote", tag = tags::DEPLOY, params(DeployIdPath), responses((status = 200, description = "Promotion requested", body = DeploymentMessage)))]
 async fn promote(State(state): State<Shared>, headers: HeaderMap, JsonPath(id): JsonPath<String>) -> ApiResult {
     writer(&state, &headers)?;
     let id = IdKind::Deployment.parse(&id)?;

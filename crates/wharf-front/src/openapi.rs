@@ -43,9 +43,20 @@ pub(crate) mod tags {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
 pub(crate) struct IdPath {
-    /// The id of the pipeline, job, environment, deployment or node the path names.
+    /// The id of the pipeline, job or node the path names.
     #[allow(dead_code)] // read by the document, never by a handler
     pub id: u64,
+}
+
+/// An environment's or a deployment's id in the path: `env-3` or `deploy-7`, or the bare
+/// number. It only describes the parameter: the handlers take it as `JsonPath<String>` and
+/// read it with [`wharf_proto::deploy::IdKind::parse`].
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct DeployIdPath {
+    /// The environment (`env-3`) or deployment (`deploy-7`) the path names; its number works too.
+    #[allow(dead_code)] // read by the document, never by a handler
+    pub id: String,
 }
 
 #[derive(OpenApi)]
