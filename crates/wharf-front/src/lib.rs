@@ -4,7 +4,10 @@
 //! the repository's owner through a [`wharf_proto::Directory`] (a local copy of the applied
 //! metadata, so routing never waits on Raft), then sends a [`wharf_proto::NodeRequest`] to that
 //! node with its [`NodeClient`] and turns the reply into JSON, or a stream of pack data. Errors
-//! become HTTP responses in one place, [`error::status_of`]. Every REST route is registered
+//! become HTTP responses in one place, [`error::status_of`] (JSON on the API, plain text on git's
+//! routes, and a push Wharf refuses after git sent it gets git's own report: `push_report`).
+//! Deployment ids carry their kind at this boundary (`env-3`, `deploy-7`, `inst-12`; see
+//! [`wharf_proto::deploy::IdKind`]), while records keep bare numbers. Every REST route is registered
 //! with its OpenAPI description, served at `/api/v1/openapi.json` (see [`openapi_document`]).
 //!
 //! It also serves deployed applications: `/apps/...` (and `Host: env.name.owner.localhost`)

@@ -7,7 +7,9 @@
 //! [`wharf_proto::NodeRequest`] and hands repository work to a [`repo_actor::RepoActor`], one
 //! per active repository, activated on the first message and passivated when idle (see
 //! [`repo_actor`]). Git protocol traffic runs in [`session`]s: one `git upload-pack` or
-//! `git receive-pack` process each, fed and drained in bounded chunks.
+//! `git receive-pack` process each, fed and drained in bounded chunks. Every ref change, a push
+//! or a write through the API, is recorded the same way (`ref_changes`): push events through
+//! Raft, then the pipeline rules.
 //!
 //! Beside repositories, every node runs CI jobs in its runner slots (`ci`: pipelines are
 //! created where a push lands, jobs run wherever a slot is free) and the instances of

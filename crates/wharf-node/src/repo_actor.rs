@@ -12,7 +12,7 @@
 //!   go into the actor's write queue in the order the actor received them, and run one at a
 //!   time. A push holds the queue from before git starts until its session ends.
 //! - **Every ref change is recorded.** A write through the API records the refs it changed as
-//!   push events and runs the pipeline rules, exactly as a push does ([`crate::ref_changes`]).
+//!   push events and runs the pipeline rules, exactly as a push does (`ref_changes`).
 //! - **Passivation never loses work.** Each request carries an in-flight guard from the moment
 //!   the registry hands it over until it is answered. The registry stops an actor only when it
 //!   has nothing in flight and has been idle for `actor_idle_timeout`, and it decides that under
