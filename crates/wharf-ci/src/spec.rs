@@ -64,6 +64,9 @@ pub struct Job {
     pub branches: Option<Vec<String>>,
     /// Variables of this job, over the pipeline's.
     pub variables: BTreeMap<String, String>,
+    /// Whether it may use the network (`network: false` gives it a network namespace of its
+    /// own, with only a loopback interface).
+    pub network: bool,
 }
 
 /// A job as a run records it: what it is called, where it sits, what it waits for.
@@ -107,6 +110,7 @@ impl PartialEq for Job {
             && self.artifacts == other.artifacts
             && self.reports == other.reports
             && self.coverage.as_ref().map(regex::Regex::as_str) == other.coverage.as_ref().map(regex::Regex::as_str)
+            && self.network == other.network
             && self.timeout == other.timeout
             && self.retry == other.retry
             && self.branches == other.branches
@@ -141,6 +145,12 @@ struct RawJob {
     branches: Option<Vec<String>>,
     #[serde(default)]
     variables: BTreeMap<String, Scalar>,
+    #[serde(default = "network_by_default")]
+    network: bool,
+}
+
+fn network_by_default() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -423,6 +433,7 @@ fn check_job(name: &str, raw: RawJob, stages: &[String]) -> Result<Job, String> 
         retry: raw.retry,
         branches: raw.branches,
         variables: variables(raw.variables)?,
+        network: raw.network,
     })
 }
 

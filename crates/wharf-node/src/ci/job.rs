@@ -210,7 +210,7 @@ impl<'a> Attempt<'a> {
             workdir: self.workspace.to_owned(),
             writable: std::iter::once(self.workspace.to_owned()).chain(self.node.config.sandbox_volumes.iter().cloned()).collect(),
             readable: vec![self.mirror.clone()],
-            network: true,
+            network: self.spec.network,
             limits: Limits {
                 data_bytes: None,
                 processes: Some(MAX_JOB_PROCESSES),
