@@ -24,9 +24,9 @@ use wharf_proto::{ApiError, ArtifactFile, JobRecord, JobStatus, NodeReply, NodeR
 use super::files::{artifacts_dir, log_path};
 use super::log::CappedLog;
 use super::runner::Stop;
-use crate::sandbox::beneath::{Beneath, BeneathError};
-use crate::sandbox::container;
-use crate::sandbox::{Confinement, Limits};
+use wharf_sandbox::beneath::{Beneath, BeneathError};
+use wharf_sandbox::container;
+use wharf_sandbox::{Confinement, Limits};
 use crate::NodeContext;
 
 /// How long artifacts are kept when the file does not say.

@@ -1,4 +1,4 @@
-//! The sandbox: where the code that a push brings runs (CI job scripts and deployed
+//! Wharf's sandbox: where the code that a push brings runs (CI job scripts and deployed
 //! instances), so that whoever can push a `.wharf.yml` cannot read this node's data directory,
 //! its tokens, its cookie or another job's workspace.
 //!
@@ -19,6 +19,9 @@
 //! [`beneath`] reads what a sandboxed program left in its workspace without following the
 //! links it may have planted there; [`container`] runs a job that names an `image:` in a
 //! container instead, with the same confinement.
+//!
+//! This crate builds commands and reads files; it keeps no state and starts nothing that
+//! outlives the command its caller runs. The storage node's runner and instance driver use it.
 
 pub mod beneath;
 pub mod container;
