@@ -32,6 +32,8 @@ trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 git clone -q "$repo" "$work/wharf"
+# The README as it is in this work tree, committed or not: the text under test.
+cp "$repo/README.md" "$work/wharf/README.md"
 mkdir -p "$work/tmp" "$work/config" "$work/bin"
 ln -s "$WHARF_BIN" "$work/bin/wharf"
 
