@@ -84,4 +84,9 @@ if [ "$status" -ne 0 ]; then
     tail -n 40 "$work/dev.log" >&2 || true
     exit "$status"
 fi
+# A clean run and a clean shutdown log no error.
+if grep -n " ERROR " "$work/dev.log" >&2; then
+    echo "newcomer.sh: wharf dev logged the errors above" >&2
+    exit 1
+fi
 echo "newcomer.sh: every step of the README worked"
