@@ -219,6 +219,9 @@ struct Shown {
 /// the pipeline has finished and every log is complete; then a summary.
 async fn follow(server: &Server, id: u64) -> anyhow::Result<()> {
     let mut shown: BTreeMap<u64, Shown> = BTreeMap::new();
+    // On a terminal, a bar of finished jobs under the log lines.
+    let bar = crate::output::progress_bar(0, "{spinner} pipeline {prefix} [{bar:30}] {pos}/{len} jobs finished ({elapsed})");
+    bar.set_prefix(id.to_string());
     // A poll that prints new output until the pipeline ends, not a retry: kept as a loop.
     loop {
         let pipeline = server.send(Method::GET, &format!("/api/v1/pipelines/{id}"), None).await?;
@@ -227,17 +230,20 @@ async fn follow(server: &Server, id: u64) -> anyhow::Result<()> {
         }
         let jobs = pipeline["jobs"].as_array().cloned().unwrap_or_default();
         for job in &jobs {
-            show_job(server, job, shown.entry(job["id"].as_u64().unwrap_or_default()).or_default()).await?;
+            show_job(server, job, shown.entry(job["id"].as_u64().unwrap_or_default()).or_default(), &bar).await?;
         }
+        bar.set_length(jobs.len() as u64);
+        bar.set_position(jobs.iter().filter(|job| job["finished_ms"].is_u64()).count() as u64);
         let finished = !matches!(pipeline["status"].as_str(), Some("queued" | "running"));
         if finished && shown.values().all(|s| s.complete) {
+            bar.finish_and_clear();
             return summary(&pipeline, &jobs);
         }
         tokio::time::sleep(FOLLOW_POLL).await;
     }
 }
 
-async fn show_job(server: &Server, job: &Value, shown: &mut Shown) -> anyhow::Result<()> {
+async fn show_job(server: &Server, job: &Value, shown: &mut Shown, bar: &indicatif::ProgressBar) -> anyhow::Result<()> {
     let id = job["id"].as_u64().unwrap_or_default();
     let name = job["name"].as_str().unwrap_or("?");
     let status = job["status"].as_str().unwrap_or("?").to_owned();
@@ -247,7 +253,7 @@ async fn show_job(server: &Server, job: &Value, shown: &mut Shown) -> anyhow::Re
     }
     if status != shown.status {
         let node = job["node"].as_u64().map(|n| format!(" on node {n}")).unwrap_or_default();
-        out!("==> {name}: {status}{node}");
+        bar.suspend(|| out!("==> {name}: {status}{node}"));
         shown.status = status;
     }
     if job["node"].is_null() {
@@ -261,9 +267,11 @@ async fn show_job(server: &Server, job: &Value, shown: &mut Shown) -> anyhow::Re
     let (text, next, complete) = server.log_from(id, shown.offset).await?;
     // Only whole lines, so that two jobs' output never mixes within a line.
     let whole = if complete { text.len() } else { text.rfind('\n').map_or(0, |at| at + 1) };
-    for line in text[..whole].lines() {
-        out!("{name:>12} | {line}");
-    }
+    bar.suspend(|| {
+        for line in text[..whole].lines() {
+            out!("{name:>12} | {line}");
+        }
+    });
     shown.offset += whole as u64;
     shown.complete = complete && whole == text.len() && next == shown.offset;
     Ok(())

@@ -285,8 +285,8 @@ pub enum ClusterCommand {
     },
     /// Wait until every node answers and every repository is on its desired node.
     Wait {
-        /// Give up after this long (`90s`, `5m`, `1h 30m`).
-        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        /// Give up after this long: `90s`, `5m`, `1h 30m`, or a number of seconds.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: std::time::Duration,
     },
 }
@@ -381,6 +381,14 @@ async fn drain(server: &Server, node: u64) -> anyhow::Result<()> {
             return Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// A duration as humantime writes it (`5m`, `1h 30m`), or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, humantime::DurationError> {
+    match text.trim().parse::<u64>() {
+        Ok(seconds) => Ok(std::time::Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(text),
     }
 }
 

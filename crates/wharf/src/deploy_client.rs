@@ -104,6 +104,10 @@ pub async fn env(server: Server, command: EnvCommand) -> anyhow::Result<()> {
         EnvCommand::Rollback { id, revision, no_follow } => {
             let started = server.send(Method::POST, &format!("/api/v1/environments/{id}/rollback"), Some(json!({"revision": revision}))).await?;
             let deployment = started["deployment_id"].as_u64().unwrap_or_default();
+            if server.json && no_follow {
+                print(&started);
+                return Ok(());
+            }
             out!("deployment {deployment}: rolling back environment {id} to revision {revision}");
             if !no_follow {
                 follow(&server, deployment).await?;
@@ -119,6 +123,10 @@ pub async fn deployment(server: Server, command: DeploymentCommand) -> anyhow::R
             let body = json!({"repo_url": repo, "branch_name": branch, "env_id": env});
             let started = server.send(Method::POST, "/api/v1/deployments", Some(body)).await?;
             let id = started["deployment_id"].as_u64().unwrap_or_default();
+            if server.json && no_follow {
+                print(&started);
+                return Ok(());
+            }
             out!("deployment {id}: {branch} of {repo} to environment {env}");
             if !no_follow {
                 follow(&server, id).await?;
