@@ -63,6 +63,12 @@ fn login_saves_credentials_that_later_commands_use_and_a_401_names_the_token_sou
         .unwrap();
     assert!(text(&env.stderr).contains("the token came from the WHARF_TOKEN variable"), "{}", text(&env.stderr));
 
+    // `wharf login` checks the token first: a wrong one is not saved.
+    let wrong = newcomer_cli(&config, cwd, &["login", "--url", &wharf.url, "--token", "wharf_wrong"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(text(&wrong.stderr).contains("did not accept the token"), "{}", text(&wrong.stderr));
+    assert!(!config.join("wharf/config.toml").exists());
+
     // `wharf login` reads the token from standard input and writes a 0600 file.
     let mut login = Command::new(wharf_binary())
         .args(["login", "--url", &wharf.url])

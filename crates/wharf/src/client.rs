@@ -22,6 +22,11 @@ impl Server {
         Ok(Server { credentials: crate::credentials::resolve(args)?, json: args.json })
     }
 
+    /// A client with these credentials (`wharf login` checks a token with it).
+    pub fn from_credentials(credentials: Credentials) -> Self {
+        Server { credentials, json: false }
+    }
+
     /// The base URL, without a trailing slash.
     pub(crate) fn url(&self) -> &str {
         self.credentials.url.trim_end_matches('/')
@@ -46,6 +51,7 @@ impl Server {
             return anyhow!("{status}: {message}");
         }
         match &self.credentials.token {
+            Some((_, TokenSource::Login)) => anyhow!("{status}: {message}"),
             Some((_, source)) => {
                 let hint = match source {
                     TokenSource::DevDataDir(_) => "; it may be a stale token of an earlier `wharf dev`",

@@ -53,6 +53,8 @@ pub enum TokenSource {
     Environment,
     ConfigFile(PathBuf),
     DevDataDir(PathBuf),
+    /// The token `wharf login` is checking.
+    Login,
 }
 
 impl std::fmt::Display for TokenSource {
@@ -62,6 +64,7 @@ impl std::fmt::Display for TokenSource {
             TokenSource::Environment => write!(f, "the WHARF_TOKEN variable"),
             TokenSource::ConfigFile(path) => write!(f, "the config file {} (written by `wharf login`)", path.display()),
             TokenSource::DevDataDir(path) => write!(f, "{} (the admin token of a `wharf dev` here)", path.display()),
+            TokenSource::Login => write!(f, "`wharf login`"),
         }
     }
 }

@@ -152,9 +152,9 @@ fn parse() -> Cli {
     Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
 }
 
-/// `wharf login`: checks nothing with the server (a dev server answers reads without a token),
-/// saves the URL and token.
-fn login(args: &credentials::ClientArgs) -> anyhow::Result<()> {
+/// `wharf login`: checks the token against the server (any request with a token that is not
+/// valid is refused with 401), then saves the URL and token.
+async fn login(args: &credentials::ClientArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     let url = args.url.clone().or_else(|| std::env::var("WHARF_URL").ok()).unwrap_or_else(|| credentials::DEFAULT_URL.to_owned());
     let token = match &args.token {
@@ -174,6 +174,14 @@ fn login(args: &credentials::ClientArgs) -> anyhow::Result<()> {
     let Some(path) = credentials::config_path() else {
         anyhow::bail!("neither XDG_CONFIG_HOME nor HOME is set: nowhere to save the token");
     };
+    let server = client::Server::from_credentials(credentials::Credentials {
+        url: url.clone(),
+        token: Some((token.clone(), credentials::TokenSource::Login)),
+    });
+    server
+        .send(reqwest::Method::GET, "/api/v1/cluster", None)
+        .await
+        .with_context(|| format!("not logged in: {url} did not accept the token"))?;
     credentials::save(&path, &url, &token)?;
     out!("logged in to {url}; saved to {}", path.display());
     Ok(())
@@ -237,7 +245,7 @@ fn main() -> std::process::ExitCode {
                 args.set_env_cookie(env_cookie);
                 cluster::run_front(args).await
             }
-            Command::Login => login(&cli.client),
+            Command::Login => login(&cli.client).await,
             Command::Completions { shell } => {
                 let mut command = <Cli as clap::CommandFactory>::command();
                 let mut script = Vec::new();
