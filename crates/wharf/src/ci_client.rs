@@ -141,6 +141,10 @@ pub async fn pipeline(server: Server, command: PipelineCommand) -> anyhow::Resul
         PipelineCommand::Follow { id } => follow(&server, id).await,
         PipelineCommand::Cancel { id } => {
             let pipeline = server.send(Method::POST, &format!("/api/v1/pipelines/{id}/cancel"), None).await?;
+            if server.json {
+                print(&pipeline);
+                return Ok(());
+            }
             out!("pipeline {id} is {}", pipeline["status"].as_str().unwrap_or("?"));
             Ok(())
         }
@@ -156,7 +160,11 @@ pub async fn job(server: Server, command: JobCommand) -> anyhow::Result<()> {
         }
         JobCommand::Log { id, follow: true } => follow_log(&server, id).await,
         JobCommand::Retry { id } => {
-            server.send(Method::POST, &format!("/api/v1/jobs/{id}/retry"), None).await?;
+            let job = server.send(Method::POST, &format!("/api/v1/jobs/{id}/retry"), None).await?;
+            if server.json {
+                print(&job);
+                return Ok(());
+            }
             out!("job {id} queued again");
             Ok(())
         }

@@ -271,3 +271,34 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    /// Every positional argument says what it is (issue 13). `env` and `deployment` are left
+    /// out while their ids change (issue 13, point 3).
+    #[test]
+    fn positional_arguments_have_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_positionals() {
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} <{}>", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if !matches!(sub.get_name(), "env" | "deployment") {
+                    walk(sub, &format!("{path} {}", sub.get_name()), missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&<Cli as clap::CommandFactory>::command(), "wharf", &mut missing);
+        assert!(missing.is_empty(), "positional arguments without help: {missing:?}");
+    }
+}
