@@ -179,11 +179,15 @@ async fn follow(server: &Server, id: u64) -> anyhow::Result<()> {
                 let details = data["details"].as_str().unwrap_or("");
                 bar.set_position(percent);
                 bar.set_message(format!("[{status}] {phase}: {details}"));
-                // A failed or rolled-back deployment's progress is the rollback's: its
+                // The percentage goes to the bar, and into a line only at the end of a
+                // completed deployment: the percentage (healthy instances serving the target
+                // revision) and the details (the controller's count of updated instances) are
+                // taken at different moments, so mid-rollout they can read as a contradiction
+                // ("100%: 1 of 2 instances updated"), and a failed or rolled-back deployment's
                 // percentage would read as success ("100%: 0 of 1 instances updated").
                 let line = match status {
-                    "failed" | "rolled-back" => format!("[{status}] revision {revision}: {details}"),
-                    _ => format!("[{status}] revision {revision}: {phase} {percent}%: {details}"),
+                    "completed" => format!("[{status}] revision {revision}: {phase} {percent}%: {details}"),
+                    _ => format!("[{status}] revision {revision}: {phase}: {details}"),
                 };
                 if kind == "end" {
                     bar.finish_and_clear();
