@@ -85,7 +85,7 @@ impl Server {
     /// A job's log from `offset`: the text, the next offset, and whether the log is complete.
     pub(crate) async fn log_from(&self, job: u64, offset: u64) -> anyhow::Result<(String, u64, bool)> {
         let url = format!("{}/api/v1/jobs/{job}/log?offset={offset}", self.url());
-        let response = self.request(reqwest::Method::GET, &url).send().await.with_context(|| format!("cannot reach {url}"))?;
+        let response = self.request(reqwest::Method::GET, &url).send().await.with_context(|| unreachable(&url))?;
         let status = response.status();
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();
@@ -112,7 +112,7 @@ impl Server {
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .send()
             .await
-            .with_context(|| format!("cannot reach {url}"))?;
+            .with_context(|| unreachable(&url))?;
         let status = response.status();
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();
@@ -137,7 +137,7 @@ impl Server {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.with_context(|| format!("cannot reach {url}"))?;
+        let response = request.send().await.with_context(|| unreachable(&url))?;
         let status = response.status();
         let text = response.text().await?;
         let value: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
@@ -426,4 +426,9 @@ fn print_status(status: &Value) {
     }
     crate::output::right_align(&mut nodes, &[0, 4, 5, 6]);
     crate::output::print_table(nodes);
+}
+
+/// The error for a server that does not answer, with where to look.
+fn unreachable(url: &str) -> String {
+    format!("cannot reach {url} (is Wharf running there? `wharf dev` starts one; --url, WHARF_URL or `wharf login` name another)")
 }
