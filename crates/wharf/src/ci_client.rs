@@ -218,19 +218,30 @@ pub async fn variable(server: Server, command: VariableCommand) -> anyhow::Resul
 #[derive(Default)]
 struct Shown {
     status: String,
-    attempt: u64,
-    offset: u64,
+    /// The attempt whose log is being streamed, once the job has started.
+    streaming: Option<u64>,
+    /// Its log has been shown to the end (or it never started and has finished).
     complete: bool,
 }
 
-/// Prints each job's status changes and new log lines (prefixed with the job's name) until
-/// the pipeline has finished and every log is complete; then a summary.
+/// What a job's log stream sends the follower.
+enum FromLog {
+    Line { name: String, line: String },
+    Ended { job: u64, attempt: u64 },
+}
+
+/// Prints each job's status changes and its log lines (prefixed with the job's name) until
+/// the pipeline has finished and every log is complete; then a summary. The pipeline's status
+/// is polled (the API has no event stream for it); each started job's log comes live over its
+/// event stream.
 async fn follow(server: &Server, id: u64) -> anyhow::Result<()> {
     let mut shown: BTreeMap<u64, Shown> = BTreeMap::new();
+    let (lines, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let mut streams = tokio::task::JoinSet::new();
     // On a terminal, a bar of finished jobs under the log lines.
     let bar = crate::output::progress_bar(0, "{spinner} pipeline {prefix} [{bar:30}] {pos}/{len} jobs finished ({elapsed})");
     bar.set_prefix(id.to_string());
-    // A poll that prints new output until the pipeline ends, not a retry: kept as a loop.
+    // A poll of the pipeline's status until it ends, not a retry: kept as a loop.
     loop {
         let pipeline = server.send(Method::GET, &format!("/api/v1/pipelines/{id}"), None).await?;
         if let Some(error) = pipeline["error"].as_str() {
@@ -238,51 +249,86 @@ async fn follow(server: &Server, id: u64) -> anyhow::Result<()> {
         }
         let jobs = pipeline["jobs"].as_array().cloned().unwrap_or_default();
         for job in &jobs {
-            show_job(server, job, shown.entry(job["id"].as_u64().unwrap_or_default()).or_default(), &bar).await?;
+            let job_id = job["id"].as_u64().unwrap_or_default();
+            let shown = shown.entry(job_id).or_default();
+            let name = job["name"].as_str().unwrap_or("?").to_owned();
+            let status = job["status"].as_str().unwrap_or("?").to_owned();
+            if status != shown.status {
+                let node = job["node"].as_u64().map(|n| format!(" on node {n}")).unwrap_or_default();
+                bar.suspend(|| out!("==> {name}: {status}{node}"));
+                shown.status = status;
+            }
+            if job["node"].is_null() {
+                // Never started (skipped, canceled while queued, or still waiting): no log.
+                shown.complete = shown.streaming.is_none() && job["finished_ms"].is_u64();
+                continue;
+            }
+            let attempt = job["attempt"].as_u64().unwrap_or(0);
+            if shown.streaming != Some(attempt) {
+                (shown.streaming, shown.complete) = (Some(attempt), false);
+                streams.spawn(stream_log(server.clone(), job_id, name, attempt, lines.clone()));
+            }
         }
         bar.set_length(jobs.len() as u64);
         bar.set_position(jobs.iter().filter(|job| job["finished_ms"].is_u64()).count() as u64);
+        // What the streams send until the next look at the pipeline.
+        let next_look = tokio::time::sleep(FOLLOW_POLL);
+        tokio::pin!(next_look);
+        loop {
+            tokio::select! {
+                Some(message) = received.recv() => match message {
+                    FromLog::Line { name, line } => bar.suspend(|| out!("{name:>12} | {line}")),
+                    FromLog::Ended { job, attempt } => {
+                        if let Some(shown) = shown.get_mut(&job).filter(|s| s.streaming == Some(attempt)) {
+                            shown.complete = true;
+                        }
+                    }
+                },
+                () = &mut next_look => break,
+            }
+        }
         let finished = !matches!(pipeline["status"].as_str(), Some("queued" | "running"));
         if finished && shown.values().all(|s| s.complete) {
             bar.finish_and_clear();
             return summary(&pipeline, &jobs);
         }
-        tokio::time::sleep(FOLLOW_POLL).await;
     }
 }
 
-async fn show_job(server: &Server, job: &Value, shown: &mut Shown, bar: &indicatif::ProgressBar) -> anyhow::Result<()> {
-    let id = job["id"].as_u64().unwrap_or_default();
-    let name = job["name"].as_str().unwrap_or("?");
-    let status = job["status"].as_str().unwrap_or("?").to_owned();
-    let attempt = job["attempt"].as_u64().unwrap_or(0);
-    if attempt != shown.attempt {
-        (shown.attempt, shown.offset, shown.complete) = (attempt, 0, false);
-    }
-    if status != shown.status {
-        let node = job["node"].as_u64().map(|n| format!(" on node {n}")).unwrap_or_default();
-        bar.suspend(|| out!("==> {name}: {status}{node}"));
-        shown.status = status;
-    }
-    if job["node"].is_null() {
-        // Never started (skipped, canceled while queued, or still waiting): no log to show.
-        shown.complete = job["finished_ms"].is_u64();
-        return Ok(());
-    }
-    if shown.complete {
-        return Ok(());
-    }
-    let (text, next, complete) = server.log_from(id, shown.offset).await?;
-    // Only whole lines, so that two jobs' output never mixes within a line.
-    let whole = if complete { text.len() } else { text.rfind('\n').map_or(0, |at| at + 1) };
-    bar.suspend(|| {
-        for line in text[..whole].lines() {
-            out!("{name:>12} | {line}");
+/// Sends the lines of one attempt of a job's log, from its event stream, until the attempt
+/// ends (`end`) or the next one starts (`restart`: the follower starts a stream for it).
+async fn stream_log(server: Server, job: u64, name: String, attempt: u64, lines: tokio::sync::mpsc::UnboundedSender<FromLog>) {
+    use futures::StreamExt;
+    let ended = FromLog::Ended { job, attempt };
+    let mut events = match server.events(&format!("/api/v1/jobs/{job}/log")).await {
+        Ok(events) => Box::pin(events),
+        Err(error) => {
+            eprintln!("wharf: cannot follow the log of job {job}: {error:#}");
+            let _ = lines.send(ended);
+            return;
         }
-    });
-    shown.offset += whole as u64;
-    shown.complete = complete && whole == text.len() && next == shown.offset;
-    Ok(())
+    };
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                eprintln!("wharf: the log of job {job} broke off: {error:#}");
+                break;
+            }
+        };
+        let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+        match event.event.as_str() {
+            "log" => {
+                for line in data["text"].as_str().unwrap_or("").lines() {
+                    let _ = lines.send(FromLog::Line { name: name.clone(), line: line.to_owned() });
+                }
+            }
+            "restart" => return,
+            "end" => break,
+            _ => {}
+        }
+    }
+    let _ = lines.send(ended);
 }
 
 fn summary(pipeline: &Value, jobs: &[Value]) -> anyhow::Result<()> {

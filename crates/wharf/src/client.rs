@@ -10,6 +10,7 @@ use crate::credentials::{ClientArgs, Credentials, TokenSource};
 use crate::output::{cell, table};
 
 /// Which Wharf to talk to, with which token, and how to print.
+#[derive(Clone)]
 pub struct Server {
     credentials: Credentials,
     /// `--json`: print the API's answers as they are.
