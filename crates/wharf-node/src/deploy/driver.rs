@@ -21,7 +21,7 @@ use wharf_proto::deploy::{DriverSpec, HealthCheck, InstanceHealth, InstanceRecor
 use wharf_proto::{ApiError, NodeRequest};
 
 use crate::background::Wake;
-use crate::sandbox::{Confinement, Limits};
+use wharf_sandbox::{Confinement, Limits};
 use crate::NodeContext;
 
 /// How often the driver compares records with processes.
