@@ -63,6 +63,16 @@ fn login_saves_credentials_that_later_commands_use_and_a_401_names_the_token_sou
         .unwrap();
     assert!(text(&env.stderr).contains("the token came from the WHARF_TOKEN variable"), "{}", text(&env.stderr));
 
+    // A stale admin token of an earlier `wharf dev` in the current directory is used as a last
+    // resort, said when used, and named when refused.
+    let stale_dir = home.path().join("old-project");
+    std::fs::create_dir_all(stale_dir.join("wharf-data")).unwrap();
+    std::fs::write(stale_dir.join("wharf-data/admin-token"), "wharf_stale\n").unwrap();
+    let stale = newcomer_cli(&config, &stale_dir, &["repo", "create", "acme/x", "--url", &wharf.url]);
+    let said = text(&stale.stderr);
+    assert!(said.contains("using the token in ./wharf-data/admin-token"), "{said}");
+    assert!(said.contains("401") && said.contains("wharf-data/admin-token (the admin token of a `wharf dev` here"), "{said}");
+
     // `wharf login` checks the token first: a wrong one is not saved.
     let wrong = newcomer_cli(&config, cwd, &["login", "--url", &wharf.url, "--token", "wharf_wrong"]);
     assert_eq!(wrong.status.code(), Some(1));
