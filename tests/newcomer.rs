@@ -150,6 +150,8 @@ fn completions_and_help_are_for_the_command_at_hand() {
     assert!(node.contains("--weight") && !node.contains("--http "), "{node}");
     let front = text(&run(&["front", "--help"]).stdout);
     assert!(front.contains("--http ") && !front.contains("--weight") && !front.contains("--sandbox"), "{front}");
+    // The servers take no client flags.
+    assert!(!node.contains("--token") && !front.contains("--json"), "{node}");
     // Positional arguments say what they are.
     let create = text(&run(&["repo", "create", "--help"]).stdout);
     assert!(create.contains("The repository, as owner/name"), "{create}");

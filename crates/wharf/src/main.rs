@@ -145,9 +145,15 @@ fn parse() -> Cli {
         }
         command
     };
-    let command = Cli::command()
+    let mut command = Cli::command()
         .mut_subcommand("node", |c| hide(c, FRONT_ONLY))
         .mut_subcommand("front", |c| hide(c, NODE_ONLY));
+    // The servers take no client flags: for them, hide those global flags (a hidden global
+    // flag is hidden wherever it is propagated, so this is decided from the command line).
+    let server = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    if matches!(server.as_deref(), Some("node" | "front" | "dev")) {
+        command = hide(command, &["url", "token", "json"]);
+    }
     let matches = command.get_matches();
     Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
 }
