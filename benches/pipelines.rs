@@ -7,6 +7,8 @@
 //! - Throughput: one pipeline of [`JOBS`] jobs in one stage, each `true`; jobs completed per
 //!   minute from the first start to the last finish. Every node has the default two runner
 //!   slots, so three nodes have three times the slots.
+//! - The sandbox's cost: one node is measured twice, with jobs unconfined (`--sandbox none`,
+//!   the baseline) and in bubblewrap (the default).
 //!
 //! Run it with `scripts/bench-pipelines.sh` (release build). It prints a Markdown table.
 
@@ -23,20 +25,30 @@ const JOBS: usize = 100;
 
 fn main() {
     let work = tempfile::tempdir().expect("temp dir");
-    eprintln!("bench: one node");
-    let dev = Wharf::start(&work.path().join("dev"));
-    let one = measure(&dev, &work.path().join("one"));
+    eprintln!("bench: one node, jobs unconfined (the baseline of the sandbox's cost)");
+    let bare = {
+        let dev = Wharf::start_with(&work.path().join("bare"), &["--sandbox", "none"]);
+        measure(&dev, &work.path().join("bare-work"))
+    };
+    eprintln!("bench: one node, jobs in bubblewrap");
+    let one = {
+        let dev = Wharf::start(&work.path().join("dev"));
+        measure(&dev, &work.path().join("one"))
+    };
     eprintln!("bench: three-node cluster");
     let cluster = LocalCluster::start(3);
     let three = measure(&cluster.front, &work.path().join("three"));
 
     println!();
-    println!("| | one node | 3-node cluster |");
-    println!("|---|---|---|");
-    println!("| push recorded → first job started, p50 ({PUSHES} pushes) | {} ms | {} ms |", one.latency_p50, three.latency_p50);
-    println!("| push recorded → first job started, p99 | {} ms | {} ms |", one.latency_p99, three.latency_p99);
-    println!("| {JOBS} trivial jobs: jobs completed per minute | {:.0} | {:.0} |", one.jobs_per_minute, three.jobs_per_minute);
-    println!("| {JOBS} trivial jobs: nodes that ran them | {} | {} |", one.nodes_used, three.nodes_used);
+    println!("| | one node, unconfined (baseline) | one node, bubblewrap | 3-node cluster, bubblewrap |");
+    println!("|---|---|---|---|");
+    let row = |what: String, value: &dyn Fn(&Figures) -> String| {
+        println!("| {what} | {} | {} | {} |", value(&bare), value(&one), value(&three));
+    };
+    row(format!("push recorded → first job started, p50 ({PUSHES} pushes)"), &|f| format!("{} ms", f.latency_p50));
+    row("push recorded → first job started, p99".into(), &|f| format!("{} ms", f.latency_p99));
+    row(format!("{JOBS} trivial jobs: jobs completed per minute"), &|f| format!("{:.0}", f.jobs_per_minute));
+    row(format!("{JOBS} trivial jobs: nodes that ran them"), &|f| f.nodes_used.to_string());
 }
 
 struct Figures {

@@ -584,3 +584,46 @@ fn a_failing_canary_is_caught_when_the_router_is_another_process() {
     let events: Vec<&str> = second["events"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap()).collect();
     assert!(events.iter().any(|e| e.starts_with("canary at 50%: ") && e.contains("requests failed")), "{events:?}");
 }
+
+/// Deleting a repository takes everything of it along: its environments (their instances
+/// stop), its deployments, pipelines and jobs, and, on the nodes, its jobs' logs and artifacts
+/// and its mirror.
+#[test]
+fn deleting_a_repository_stops_its_instances_and_forgets_its_pipelines_and_files() {
+    let data = tempfile::tempdir().unwrap();
+    let mut wharf = Wharf::start(data.path());
+    wharf.create_repo("acme/shop");
+    let staging = create_environment(&wharf, "staging", false);
+    let app = App::new("{ type: rolling, max_surge: 1, max_unavailable: 0 }");
+    app.push(&wharf, "v1");
+    assert_eq!(settled(&wharf, staging, 1)["status"], "completed");
+    let ports: Vec<u64> = wharf.get(&format!("/api/v1/environments/{staging}")).json["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports.len(), 2);
+    let answers = |port: u64| std::net::TcpStream::connect(("127.0.0.1", port as u16)).is_ok();
+    assert!(ports.iter().all(|port| answers(*port)));
+    let pipeline = wharf.get("/api/v1/repos/acme/shop/pipelines").json["pipelines"][0]["id"].as_u64().unwrap();
+    let job = wharf.get(&format!("/api/v1/pipelines/{pipeline}")).json["jobs"][0]["id"].as_u64().unwrap();
+    let ci = data.path().join("ci");
+    let files = |dir: &str| std::fs::read_dir(ci.join(dir)).map(|entries| entries.count()).unwrap_or(0);
+    assert!(files("logs") > 0 && files("artifacts") > 0 && files("mirrors") > 0);
+
+    let deleted = wharf.delete("/api/v1/repos/acme/shop");
+    assert!(deleted.status < 300, "{deleted:?}");
+    for gone in [format!("/api/v1/environments/{staging}"), format!("/api/v1/pipelines/{pipeline}"), format!("/api/v1/jobs/{job}")] {
+        assert_eq!(wharf.get(&gone).status, 404, "{gone} outlived its repository");
+    }
+    wait_until("the instances stop", Duration::from_secs(30), || ports.iter().all(|port| !answers(*port)));
+
+    // The node's sweeper deletes the files at start and then every minute.
+    wharf.stop();
+    let wharf = Wharf::start(data.path());
+    wait_until("the logs, artifacts and mirror are deleted", Duration::from_secs(30), || {
+        files("logs") == 0 && files("artifacts") == 0 && files("mirrors") == 0
+    });
+    assert_eq!(wharf.get("/api/v1/repos/acme/shop").status, 404);
+}

@@ -327,4 +327,47 @@ fn the_image_runs_the_readme_jobs_with_its_own_userland() {
     assert_eq!(pipeline["status"], "passed", "{pipeline:#}\nbuild: {}\nunit: {}", log("build"), log("unit"));
     assert!(log("build").contains("app.py"), "{}", log("build"));
     assert_eq!(wharf_tests::job(&pipeline, "unit")["coverage"], 100.0);
+
+const CONTAINER_JOB: &str = r#"stages: [build]
+jobs:
+  boxed:
+    stage: build
+    image: IMAGE
+    network: false
+    script:
+      - test -x /usr/local/bin/wharf && echo "in the wharf image"
+      - test -e "$DATA_DIR/admin-token" || echo "no admin token"
+      - echo "secret is $API_TOKEN"
+      - echo made in a container > out.txt
+    artifacts: { paths: [out.txt] }
+"#;
+
+/// A job that names an `image:` runs in a container of it, seeing its workspace and not the
+/// node's data; its secrets are masked and its artifacts kept; the container is removed.
+#[test]
+#[ignore = "needs a Docker engine: .ci/run runs it with --run-ignored when one answers"]
+fn a_job_with_an_image_runs_in_a_container_of_it() {
+    let image = format!("wharf:job-test-{}", std::process::id());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/docker-image.sh");
+    let built = Command::new("bash").arg(script).arg(wharf_binary()).arg(&image).output().expect("build the image");
+    assert!(built.status.success(), "image build failed: {}", String::from_utf8_lossy(&built.stderr));
+
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(data.path());
+    wharf.create_repo("acme/boxed");
+    for (name, value, secret) in [("DATA_DIR", data.path().display().to_string(), false), ("API_TOKEN", "s3cr3t-in-a-box".to_owned(), true)] {
+        let set = wharf.post("/api/v1/repos/acme/boxed/variables", serde_json::json!({"name": name, "value": value, "secret": secret}));
+        assert_eq!(set.status, 201, "{set:?}");
+    }
+    wharf_tests::push(&wharf, "acme/boxed", &[(".wharf.yml", &CONTAINER_JOB.replace("IMAGE", &image))]);
+    let pipeline = wharf_tests::finished_pipeline(&wharf, "acme/boxed");
+    let job = wharf_tests::job(&pipeline, "boxed");
+    let log = String::from_utf8(wharf.get(&format!("/api/v1/jobs/{}/log", job["id"])).bytes).unwrap();
+    assert_eq!(job["status"], "passed", "{log}");
+    assert!(log.contains("\nin the wharf image\n") && log.contains("\nno admin token\n"), "{log}");
+    assert!(log.contains("\nsecret is [MASKED]\n") && !log.contains("s3cr3t-in-a-box"), "{log}");
+    let artifact = wharf.get(&format!("/api/v1/jobs/{}/artifacts/out.txt", job["id"]));
+    assert_eq!(artifact.bytes, b"made in a container\n");
+    assert!(docker(&["ps", "--all", "--quiet", "--filter", "name=wharf-job-"]).stdout.is_empty(), "the job's container is removed");
+    let _ = docker(&["rmi", &image]);
 }

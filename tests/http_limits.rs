@@ -301,9 +301,8 @@ fn bad_names_are_refused_with_a_clear_message() {
     assert_eq!(wharf.get("/api/v1/repos").json["repos"].as_array().map(Vec::len), Some(1));
 }
 
-/// A commit that no ref reaches any more cannot be fetched by its id with protocol v0 or v1.
-/// Protocol v2's upload-pack (git 2.47) serves any object it has, whatever the settings; that
-/// needs a check of the wants, or pruning after a deletion, and is not covered here.
+/// A commit that no ref reaches any more cannot be fetched by its id, whichever protocol the
+/// client asks for (a client asking for v2 gets v0, whose upload-pack checks wants).
 #[test]
 fn a_deleted_commit_cannot_be_fetched_by_its_id() {
     let data = tempfile::tempdir().unwrap();
@@ -322,7 +321,7 @@ fn a_deleted_commit_cannot_be_fetched_by_its_id() {
     git_ok(work.path(), &["push", "-q", &wharf.push_url("acme/app"), "HEAD:refs/heads/oops"]);
     git_ok(work.path(), &["push", "-q", &wharf.push_url("acme/app"), ":refs/heads/oops"]);
 
-    for version in ["0", "1"] {
+    for version in ["0", "1", "2"] {
         let probe = tempfile::tempdir().unwrap();
         git_ok(probe.path(), &["init", "-q"]);
         let fetched = git(

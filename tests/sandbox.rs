@@ -184,3 +184,42 @@ fn a_flood_of_output_is_capped_and_read_in_chunks() {
         std::fs::read_dir(data.path().join("ci/work")).is_ok_and(|mut entries| entries.next().is_none())
     });
 }
+
+const NETWORK_PIPELINE: &str = r#"stages: [net]
+jobs:
+  online:
+    stage: net
+    script: [python3 ci/dial.py]
+  offline:
+    stage: net
+    network: false
+    script: [python3 ci/dial.py]
+"#;
+
+/// Connects to the Wharf front whose port is in `FRONT_PORT`.
+const DIAL: &str = r#"import os, socket
+try:
+    socket.create_connection(("127.0.0.1", int(os.environ["FRONT_PORT"])), 2).close()
+    print("reached the front")
+except OSError as error:
+    print("no network:", error)
+"#;
+
+#[test]
+fn a_job_without_network_reaches_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let wharf = Wharf::start(data.path());
+    wharf.create_repo("acme/net");
+    let port = wharf.url.rsplit(':').next().unwrap().to_owned();
+    set_variable(&wharf, "acme/net", "FRONT_PORT", &port, false);
+    push_tree(&wharf, "acme/net", |dir| {
+        std::fs::write(dir.join(".wharf.yml"), NETWORK_PIPELINE).unwrap();
+        std::fs::create_dir_all(dir.join("ci")).unwrap();
+        std::fs::write(dir.join("ci/dial.py"), DIAL).unwrap();
+    });
+    let pipeline = finished_pipeline(&wharf, "acme/net");
+    let online = log_of(&wharf, job(&pipeline, "online"));
+    let offline = log_of(&wharf, job(&pipeline, "offline"));
+    assert!(online.contains("\nreached the front\n"), "{online}");
+    assert!(offline.contains("\nno network:") && !offline.contains("reached the front"), "{offline}");
+}

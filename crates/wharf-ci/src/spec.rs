@@ -64,6 +64,12 @@ pub struct Job {
     pub branches: Option<Vec<String>>,
     /// Variables of this job, over the pipeline's.
     pub variables: BTreeMap<String, String>,
+    /// Whether it may use the network (`network: false` gives it a network namespace of its
+    /// own, with only a loopback interface).
+    pub network: bool,
+    /// The container image it runs in, on the node's Docker engine; `None` for the node's
+    /// own sandbox.
+    pub image: Option<String>,
 }
 
 /// A job as a run records it: what it is called, where it sits, what it waits for.
@@ -107,6 +113,8 @@ impl PartialEq for Job {
             && self.artifacts == other.artifacts
             && self.reports == other.reports
             && self.coverage.as_ref().map(regex::Regex::as_str) == other.coverage.as_ref().map(regex::Regex::as_str)
+            && self.network == other.network
+            && self.image == other.image
             && self.timeout == other.timeout
             && self.retry == other.retry
             && self.branches == other.branches
@@ -141,6 +149,13 @@ struct RawJob {
     branches: Option<Vec<String>>,
     #[serde(default)]
     variables: BTreeMap<String, Scalar>,
+    #[serde(default = "network_by_default")]
+    network: bool,
+    image: Option<String>,
+}
+
+fn network_by_default() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -367,6 +382,15 @@ fn check_job(name: &str, raw: RawJob, stages: &[String]) -> Result<Job, String> 
     if script.is_empty() || script.iter().all(|line| line.trim().is_empty()) {
         return Err("script has no commands".into());
     }
+    if let Some(image) = &raw.image {
+        // It becomes an argument of `docker run`: no option, no space, no shell character.
+        let valid = !image.is_empty()
+            && !image.starts_with('-')
+            && image.chars().all(|c| c.is_ascii_alphanumeric() || "._/:@-".contains(c));
+        if !valid {
+            return Err(format!("image {image:?} is not an image name (like debian:12 or registry.local/team/build:1.4)"));
+        }
+    }
     let coverage = raw
         .coverage
         .map(|pattern| {
@@ -423,6 +447,8 @@ fn check_job(name: &str, raw: RawJob, stages: &[String]) -> Result<Job, String> 
         retry: raw.retry,
         branches: raw.branches,
         variables: variables(raw.variables)?,
+        network: raw.network,
+        image: raw.image,
     })
 }
 

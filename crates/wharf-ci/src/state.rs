@@ -446,10 +446,23 @@ fn held_by(store: &dyn Records, job: u64, node: NodeId, attempt: u32) -> Result<
     Ok(record)
 }
 
-/// Forgets a deleted repository's variables.
+/// Forgets a deleted repository's variables, pipelines and jobs. A job still running loses
+/// its lease with its record, so its runner stops it; the nodes delete the logs and artifacts
+/// of jobs whose records are gone.
 pub fn forget_repo(store: &mut dyn RecordsMut, repo: RepoId) {
     for key in VARIABLES.keys(store, &repo.0) {
         VARIABLES.remove(store, &key);
+    }
+    for (repo_and_pipeline, ()) in PIPELINES_BY_REPO.scan(store, &repo.0, Order::Ascending, usize::MAX) {
+        let (_, pipeline) = repo_and_pipeline;
+        if let Some(record) = PIPELINES.get(store, &pipeline) {
+            for job in jobs_of(store, &record) {
+                JOBS_BY_STATUS.remove(store, &(status_key(job.status), job.id));
+                JOBS.remove(store, &job.id);
+            }
+        }
+        PIPELINES.remove(store, &pipeline);
+        PIPELINES_BY_REPO.remove(store, &repo_and_pipeline);
     }
 }
 

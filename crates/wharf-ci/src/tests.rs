@@ -84,6 +84,8 @@ fn broken_files_name_the_line_and_the_reason() {
     assert!(message.contains("unknown field"), "{message}");
     let (_, message) = error_of("stages: [b]\njobs:\n  a:\n    stage: b\n    script: []\n");
     assert!(message.contains("no commands"), "{message}");
+    let (_, message) = error_of("stages: [b]\njobs:\n  a:\n    stage: b\n    script: [x]\n    image: --privileged\n");
+    assert!(message.contains("is not an image name"), "an image cannot be an option of docker run: {message}");
     let (_, message) = error_of("stages: [b]\njobs:\n  a:\n    stage: b\n    script: [x]\n    artifacts: { paths: [../etc] }\n");
     assert!(message.contains("inside the workspace"), "{message}");
     let (_, message) = error_of("stages: [b]\njobs:\n  a:\n    stage: b\n    script: [x]\n    coverage: 'no group'\n");

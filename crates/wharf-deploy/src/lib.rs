@@ -291,10 +291,7 @@ pub fn apply(store: &mut dyn RecordsMut, command: DeployCommand) -> Result<Deplo
             let record = environment_of(store, env)?;
             ENVIRONMENTS.remove(store, &env);
             ENVIRONMENTS_BY_REPO.remove(store, &(record.repo.0, env));
-            for mut instance in instances(store, Some(env)) {
-                stop(&mut instance, "its environment was deleted");
-                INSTANCES.put(store, &instance.id, &instance);
-            }
+            stop_instances(store, env, "its environment was deleted");
             for mut deployment in deployments(store, Some(env)).into_iter().filter(|d| !d.status.is_finished()) {
                 deployment.status = DeploymentStatus::Failed;
                 deployment.finished_ms = Some(now_ms);
@@ -643,6 +640,29 @@ pub fn import(
 fn not_found(what: &str, id: u64) -> ApiError {
     ApiError::NotFound {
         what: format!("{what} {id}"),
+    }
+}
+
+/// Forgets a deleted repository's environments and their deployments. Their instances are
+/// marked stopped, not removed: each node's driver stops its processes, then removes the
+/// records, as for a deleted environment.
+pub fn forget_repo(store: &mut dyn RecordsMut, repo: RepoId) {
+    for env in environments(store, Some(repo)) {
+        stop_instances(store, env.id, "its repository was deleted");
+        for deployment in deployments(store, Some(env.id)) {
+            DEPLOYMENTS.remove(store, &deployment.id);
+            DEPLOYMENTS_BY_ENV.remove(store, &(env.id, deployment.id));
+        }
+        ENVIRONMENTS.remove(store, &env.id);
+        ENVIRONMENTS_BY_REPO.remove(store, &(repo.0, env.id));
+    }
+}
+
+/// Marks every instance of `env` stopped, saying why.
+fn stop_instances(store: &mut dyn RecordsMut, env: u64, why: &str) {
+    for mut instance in instances(store, Some(env)) {
+        stop(&mut instance, why);
+        INSTANCES.put(store, &instance.id, &instance);
     }
 }
 

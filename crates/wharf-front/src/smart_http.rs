@@ -162,7 +162,7 @@ async fn serve(
     let open = OpenSession {
         service,
         advertise_refs: matches!(route, GitRoute::Advertise(_)),
-        git_protocol: git_protocol.clone(),
+        git_protocol,
         user,
     };
     let open_request = NodeRequest::Repo {
@@ -188,12 +188,11 @@ async fn serve(
     let mut prefix = Vec::new();
     match route {
         GitRoute::Advertise(service) => {
-            // Git's http-backend announces the service before a v0/v1 advertisement; v2
-            // clients expect the capability list straight away.
-            if !git_protocol.as_deref().unwrap_or("").contains("version=2") {
-                prefix.extend(pkt_line(format!("# service={}\n", service.as_str()).as_bytes()));
-                prefix.extend(b"0000");
-            }
+            // Git's http-backend announces the service before a v0/v1 advertisement, which is
+            // what every answer is: fetches are served in protocol v0 (see
+            // `wharf_git::service::spawn_service`), and receive-pack has no v2.
+            prefix.extend(pkt_line(format!("# service={}\n", service.as_str()).as_bytes()));
+            prefix.extend(b"0000");
             session.finish_input().await?;
         }
         GitRoute::Rpc(service) => {

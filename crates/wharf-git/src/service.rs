@@ -15,7 +15,11 @@ use wharf_proto::GitService;
 /// Starts `git upload-pack` or `git receive-pack` for the bare repository at `path`.
 ///
 /// `advertise_refs` selects the ref advertisement (`GET info/refs`) instead of the RPC.
-/// `git_protocol` is the client's `Git-Protocol` header, which selects protocol v2.
+/// `git_protocol` is the client's `Git-Protocol` header. It is not passed on to upload-pack:
+/// protocol v2's upload-pack (git 2.47) serves any object the repository has, whatever the
+/// settings, so a commit whose branch was deleted would stay fetchable by its id. Without it
+/// git answers in protocol v0, which every client falls back to, and which serves only what
+/// the advertised refs reach.
 pub fn spawn_service(
     path: &Path,
     service: GitService,
@@ -26,10 +30,8 @@ pub fn spawn_service(
     command
         // Durability: a push is acknowledged only once objects and refs are on disk.
         .args(["-c", "core.fsync=objects,reference", "-c", "core.fsyncMethod=fsync"])
-        // Only what refs reach is served to protocol v0 and v1 fetches; repositories created
-        // before this setting have `allowAnySHA1InWant = true` in their config, which the
-        // command line overrides. Protocol v2's upload-pack does not check wants at all (git
-        // 2.47), so there a deleted commit stays fetchable by id until it is pruned.
+        // Only what refs reach is served to fetches; repositories created before this setting
+        // have `allowAnySHA1InWant = true` in their config, which the command line overrides.
         .args(["-c", "uploadpack.allowAnySHA1InWant=false"])
         .arg(match service {
             GitService::UploadPack => "upload-pack",
@@ -52,7 +54,7 @@ pub fn spawn_service(
         // unpack-objects that receive-pack runs.
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(protocol) = git_protocol {
+    if let (Some(protocol), GitService::ReceivePack) = (git_protocol, service) {
         command.env("GIT_PROTOCOL", protocol);
     }
     command.spawn()

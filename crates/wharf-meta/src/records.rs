@@ -34,7 +34,8 @@ pub enum Command {
         /// Creation time, decided by the proposer so that replicas agree.
         now_ms: u64,
     },
-    /// Remove the record of a repository, and its push events.
+    /// Remove the record of a repository, its push events, CI records and environments (whose
+    /// instances are stopped).
     DeleteRepo {
         /// Its name.
         name: RepoName,
@@ -183,6 +184,7 @@ pub fn apply(store: &mut dyn RecordsMut, command: Command) -> CommandResult {
                 EVENTS.remove(store, &event);
             }
             wharf_ci::state::forget_repo(store, record.id);
+            wharf_deploy::forget_repo(store, record.id);
             Ok(CommandOutcome::Done)
         }
         Command::RecordPush {

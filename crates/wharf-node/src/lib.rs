@@ -31,7 +31,6 @@ mod mover;
 mod ref_changes;
 pub mod repo_actor;
 pub mod router;
-pub mod sandbox;
 pub mod session;
 mod telemetry;
 mod traced;
@@ -74,9 +73,9 @@ pub struct NodeConfig {
     /// [`wharf_proto::NodeRequest::MetricsAddress`]. Default `None`: the binary sets it when it
     /// has started the listener.
     pub metrics_addr: Option<String>,
-    /// How jobs and instances are confined; see [`sandbox`]. Default: bubblewrap, without
+    /// How jobs and instances are confined; see [`wharf_sandbox`]. Default: bubblewrap, without
     /// which nothing runs.
-    pub sandbox: sandbox::SandboxMode,
+    pub sandbox: wharf_sandbox::SandboxMode,
     /// The user id jobs and instances run as (when Wharf runs as root), or appear as in their
     /// user namespace (when it does not). Default 65534 (`nobody`).
     pub sandbox_uid: u32,
@@ -99,7 +98,7 @@ impl NodeConfig {
             runner_slots: ci::DEFAULT_RUNNER_SLOTS,
             job_lease: Duration::from_secs(10),
             metrics_addr: None,
-            sandbox: sandbox::SandboxMode::default(),
+            sandbox: wharf_sandbox::SandboxMode::default(),
             sandbox_uid: 65534,
             sandbox_volumes: Vec::new(),
             log_limit_bytes: DEFAULT_LOG_LIMIT_BYTES,
@@ -131,7 +130,7 @@ pub(crate) struct NodeContext {
     /// Every background loop of the node.
     pub background: background::Background,
     /// Where jobs and instances run, as found when the node started.
-    pub sandbox: sandbox::Sandbox,
+    pub sandbox: wharf_sandbox::Sandbox,
 }
 
 
@@ -178,7 +177,7 @@ impl StorageNode {
             path: config.data_dir.clone(),
             source,
         })?;
-        let sandbox = sandbox::Sandbox::detect(config.sandbox, config.sandbox_uid).await;
+        let sandbox = wharf_sandbox::Sandbox::detect(config.sandbox, config.sandbox_uid).await;
         match sandbox.ready() {
             Ok(()) => tracing::info!(sandbox = %sandbox.describe(), "jobs and instances are confined"),
             Err(why) => tracing::warn!("{why}"),

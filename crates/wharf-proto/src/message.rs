@@ -463,7 +463,8 @@ pub struct OpenSession {
     pub service: GitService,
     /// `true` for the ref advertisement (`GET info/refs`), `false` for the RPC (`POST`).
     pub advertise_refs: bool,
-    /// The client's `Git-Protocol` header (`version=2`), passed on as `GIT_PROTOCOL`.
+    /// The client's `Git-Protocol` header; passed on to receive-pack only (fetches are served in
+    /// protocol v0, see `wharf_git::service::spawn_service`).
     pub git_protocol: Option<String>,
     /// The authenticated user, recorded in push events.
     pub user: String,

@@ -10,6 +10,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::client::{print, Server};
+use crate::output::{cell, print_table, table};
 
 /// How often the follower looks for new log output and status changes.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
@@ -18,12 +19,20 @@ const FOLLOW_POLL: Duration = Duration::from_millis(500);
 #[derive(Subcommand)]
 pub enum PipelineCommand {
     /// List a repository's pipelines, newest first.
-    List { repo: String },
+    List {
+        /// The repository, as owner/name.
+        repo: String,
+    },
     /// Show a pipeline and its jobs.
-    Show { id: u64 },
+    Show {
+        /// The pipeline's id.
+        id: u64,
+    },
     /// Run the pipeline of a branch's tip and follow it.
     Run {
+        /// The repository, as owner/name.
         repo: String,
+        /// The branch whose tip runs.
         branch: String,
         /// Return at once instead of following it.
         #[arg(long)]
@@ -31,24 +40,38 @@ pub enum PipelineCommand {
     },
     /// Follow a pipeline: job status changes and live logs, then a summary. Exits non-zero
     /// unless it passed.
-    Follow { id: u64 },
+    Follow {
+        /// The pipeline's id.
+        id: u64,
+    },
     /// Cancel every unfinished job of a pipeline.
-    Cancel { id: u64 },
+    Cancel {
+        /// The pipeline's id.
+        id: u64,
+    },
 }
 
 /// `wharf job …`
 #[derive(Subcommand)]
 pub enum JobCommand {
-    /// Print a job's log (`--follow`: until the job ends).
+    /// Print a job's log (`--follow`: live, until the job ends).
     Log {
+        /// The job's id.
         id: u64,
+        /// Keep printing the log as the job writes it (over the API's event stream).
         #[arg(long)]
         follow: bool,
     },
     /// Run a finished job again.
-    Retry { id: u64 },
+    Retry {
+        /// The job's id.
+        id: u64,
+    },
     /// List a job's artifacts.
-    Artifacts { id: u64 },
+    Artifacts {
+        /// The job's id.
+        id: u64,
+    },
 }
 
 /// `wharf variable …`
@@ -56,34 +79,45 @@ pub enum JobCommand {
 pub enum VariableCommand {
     /// Set a repository's CI variable.
     Set {
+        /// The repository, as owner/name.
         repo: String,
+        /// The variable's name.
         name: String,
+        /// Its value.
         value: String,
         /// Mask it in logs and never show it again.
         #[arg(long)]
         secret: bool,
     },
     /// List a repository's CI variables (secret values hidden).
-    List { repo: String },
+    List {
+        /// The repository, as owner/name.
+        repo: String,
+    },
     /// Remove a repository's CI variable.
-    Delete { repo: String, name: String },
+    Delete {
+        /// The repository, as owner/name.
+        repo: String,
+        /// The variable's name.
+        name: String,
+    },
 }
 
 pub async fn pipeline(server: Server, command: PipelineCommand) -> anyhow::Result<()> {
     match command {
         PipelineCommand::List { repo } => {
             let listed = server.send(Method::GET, &format!("/api/v1/repos/{repo}/pipelines"), None).await?;
-            out!("{:>6}  {:<9} {:<12} {:<24}", "ID", "STATUS", "SHA", "REF");
+            if server.json {
+                print(&listed);
+                return Ok(());
+            }
+            let mut pipelines = table(&["ID", "STATUS", "SHA", "REF"]);
             for pipeline in listed["pipelines"].as_array().into_iter().flatten() {
                 let sha = pipeline["sha"].as_str().unwrap_or("");
-                out!(
-                    "{:>6}  {:<9} {:<12} {:<24}",
-                    pipeline["id"].as_u64().unwrap_or_default(),
-                    pipeline["status"].as_str().unwrap_or(""),
-                    &sha[..sha.len().min(12)],
-                    pipeline["ref"].as_str().unwrap_or("")
-                );
+                pipelines.add_row(vec![cell(&pipeline["id"]), cell(&pipeline["status"]), sha[..sha.len().min(12)].to_owned(), cell(&pipeline["ref"])]);
             }
+            crate::output::right_align(&mut pipelines, &[0]);
+            print_table(pipelines);
             Ok(())
         }
         PipelineCommand::Show { id } => {
@@ -94,6 +128,10 @@ pub async fn pipeline(server: Server, command: PipelineCommand) -> anyhow::Resul
             let body = json!({ "branch": branch });
             let pipeline = server.send(Method::POST, &format!("/api/v1/repos/{repo}/pipelines"), Some(body)).await?;
             let id = pipeline["id"].as_u64().unwrap_or_default();
+            if server.json && no_follow {
+                print(&pipeline);
+                return Ok(());
+            }
             out!("pipeline {id} started for {branch} of {repo}");
             if no_follow {
                 return Ok(());
@@ -103,6 +141,10 @@ pub async fn pipeline(server: Server, command: PipelineCommand) -> anyhow::Resul
         PipelineCommand::Follow { id } => follow(&server, id).await,
         PipelineCommand::Cancel { id } => {
             let pipeline = server.send(Method::POST, &format!("/api/v1/pipelines/{id}/cancel"), None).await?;
+            if server.json {
+                print(&pipeline);
+                return Ok(());
+            }
             out!("pipeline {id} is {}", pipeline["status"].as_str().unwrap_or("?"));
             Ok(())
         }
@@ -111,25 +153,33 @@ pub async fn pipeline(server: Server, command: PipelineCommand) -> anyhow::Resul
 
 pub async fn job(server: Server, command: JobCommand) -> anyhow::Result<()> {
     match command {
-        JobCommand::Log { id, follow } => {
-            let mut offset = 0;
-            loop {
-                let (text, next, complete) = server.log_from(id, offset).await?;
-                out_raw!("{text}");
-                offset = next;
-                if complete || !follow {
-                    return Ok(());
-                }
-                tokio::time::sleep(FOLLOW_POLL).await;
-            }
+        JobCommand::Log { id, follow: false } => {
+            let (text, _, _) = server.log_from(id, 0).await?;
+            out_raw!("{text}");
+            Ok(())
         }
+        JobCommand::Log { id, follow: true } => follow_log(&server, id).await,
         JobCommand::Retry { id } => {
-            server.send(Method::POST, &format!("/api/v1/jobs/{id}/retry"), None).await?;
+            let job = server.send(Method::POST, &format!("/api/v1/jobs/{id}/retry"), None).await?;
+            if server.json {
+                print(&job);
+                return Ok(());
+            }
             out!("job {id} queued again");
             Ok(())
         }
         JobCommand::Artifacts { id } => {
-            print(&server.send(Method::GET, &format!("/api/v1/jobs/{id}/artifacts"), None).await?);
+            let listed = server.send(Method::GET, &format!("/api/v1/jobs/{id}/artifacts"), None).await?;
+            if server.json {
+                print(&listed);
+                return Ok(());
+            }
+            let mut artifacts = table(&["PATH", "BYTES"]);
+            for artifact in listed["artifacts"].as_array().into_iter().flatten() {
+                artifacts.add_row(vec![cell(&artifact["path"]), cell(&artifact["size"])]);
+            }
+            crate::output::right_align(&mut artifacts, &[1]);
+            print_table(artifacts);
             Ok(())
         }
     }
@@ -141,7 +191,21 @@ pub async fn variable(server: Server, command: VariableCommand) -> anyhow::Resul
             let body = json!({ "name": name, "value": value, "secret": secret });
             server.send(Method::POST, &format!("/api/v1/repos/{repo}/variables"), Some(body)).await?
         }
-        VariableCommand::List { repo } => server.send(Method::GET, &format!("/api/v1/repos/{repo}/variables"), None).await?,
+        VariableCommand::List { repo } => {
+            let listed = server.send(Method::GET, &format!("/api/v1/repos/{repo}/variables"), None).await?;
+            if server.json {
+                print(&listed);
+                return Ok(());
+            }
+            let mut variables = table(&["NAME", "VALUE", "SECRET"]);
+            for variable in listed["variables"].as_array().into_iter().flatten() {
+                let secret = variable["secret"] == true;
+                let value = if secret { "(hidden)".to_owned() } else { cell(&variable["value"]) };
+                variables.add_row(vec![cell(&variable["name"]), value, if secret { "yes" } else { "no" }.to_owned()]);
+            }
+            print_table(variables);
+            return Ok(());
+        }
         VariableCommand::Delete { repo, name } => {
             server.send(Method::DELETE, &format!("/api/v1/repos/{repo}/variables/{name}"), None).await?
         }
@@ -154,16 +218,30 @@ pub async fn variable(server: Server, command: VariableCommand) -> anyhow::Resul
 #[derive(Default)]
 struct Shown {
     status: String,
-    attempt: u64,
-    offset: u64,
+    /// The attempt whose log is being streamed, once the job has started.
+    streaming: Option<u64>,
+    /// Its log has been shown to the end (or it never started and has finished).
     complete: bool,
 }
 
-/// Prints each job's status changes and new log lines (prefixed with the job's name) until
-/// the pipeline has finished and every log is complete; then a summary.
+/// What a job's log stream sends the follower.
+enum FromLog {
+    Line { name: String, line: String },
+    Ended { job: u64, attempt: u64 },
+}
+
+/// Prints each job's status changes and its log lines (prefixed with the job's name) until
+/// the pipeline has finished and every log is complete; then a summary. The pipeline's status
+/// is polled (the API has no event stream for it); each started job's log comes live over its
+/// event stream.
 async fn follow(server: &Server, id: u64) -> anyhow::Result<()> {
     let mut shown: BTreeMap<u64, Shown> = BTreeMap::new();
-    // A poll that prints new output until the pipeline ends, not a retry: kept as a loop.
+    let (lines, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let mut streams = tokio::task::JoinSet::new();
+    // On a terminal, a bar of finished jobs under the log lines.
+    let bar = crate::output::progress_bar(0, "{spinner} pipeline {prefix} [{bar:30}] {pos}/{len} jobs finished ({elapsed})");
+    bar.set_prefix(id.to_string());
+    // A poll of the pipeline's status until it ends, not a retry: kept as a loop.
     loop {
         let pipeline = server.send(Method::GET, &format!("/api/v1/pipelines/{id}"), None).await?;
         if let Some(error) = pipeline["error"].as_str() {
@@ -171,47 +249,87 @@ async fn follow(server: &Server, id: u64) -> anyhow::Result<()> {
         }
         let jobs = pipeline["jobs"].as_array().cloned().unwrap_or_default();
         for job in &jobs {
-            show_job(server, job, shown.entry(job["id"].as_u64().unwrap_or_default()).or_default()).await?;
+            let job_id = job["id"].as_u64().unwrap_or_default();
+            let shown = shown.entry(job_id).or_default();
+            let name = job["name"].as_str().unwrap_or("?").to_owned();
+            let status = job["status"].as_str().unwrap_or("?").to_owned();
+            if status != shown.status {
+                let node = job["node"].as_u64().map(|n| format!(" on node {n}")).unwrap_or_default();
+                bar.suspend(|| out!("==> {name}: {status}{node}"));
+                shown.status = status;
+            }
+            if job["node"].is_null() {
+                // Never started (skipped, canceled while queued, or still waiting): no log.
+                shown.complete = shown.streaming.is_none() && job["finished_ms"].is_u64();
+                continue;
+            }
+            let attempt = job["attempt"].as_u64().unwrap_or(0);
+            if shown.streaming != Some(attempt) {
+                (shown.streaming, shown.complete) = (Some(attempt), false);
+                streams.spawn(stream_log(server.clone(), job_id, name, attempt, lines.clone()));
+            }
+        }
+        bar.set_length(jobs.len() as u64);
+        bar.set_position(jobs.iter().filter(|job| job["finished_ms"].is_u64()).count() as u64);
+        // What the streams send until the next look at the pipeline.
+        let next_look = tokio::time::sleep(FOLLOW_POLL);
+        tokio::pin!(next_look);
+        loop {
+            tokio::select! {
+                Some(message) = received.recv() => match message {
+                    FromLog::Line { name, line } => bar.suspend(|| out!("{name:>12} | {line}")),
+                    FromLog::Ended { job, attempt } => {
+                        if let Some(shown) = shown.get_mut(&job).filter(|s| s.streaming == Some(attempt)) {
+                            shown.complete = true;
+                        }
+                    }
+                },
+                () = &mut next_look => break,
+            }
         }
         let finished = !matches!(pipeline["status"].as_str(), Some("queued" | "running"));
         if finished && shown.values().all(|s| s.complete) {
+            bar.finish_and_clear();
             summary(&pipeline, &jobs)?;
             return started_deployments(server, &pipeline).await;
         }
-        tokio::time::sleep(FOLLOW_POLL).await;
     }
 }
 
-async fn show_job(server: &Server, job: &Value, shown: &mut Shown) -> anyhow::Result<()> {
-    let id = job["id"].as_u64().unwrap_or_default();
-    let name = job["name"].as_str().unwrap_or("?");
-    let status = job["status"].as_str().unwrap_or("?").to_owned();
-    let attempt = job["attempt"].as_u64().unwrap_or(0);
-    if attempt != shown.attempt {
-        (shown.attempt, shown.offset, shown.complete) = (attempt, 0, false);
+/// Sends the lines of one attempt of a job's log, from its event stream, until the attempt
+/// ends (`end`) or the next one starts (`restart`: the follower starts a stream for it).
+async fn stream_log(server: Server, job: u64, name: String, attempt: u64, lines: tokio::sync::mpsc::UnboundedSender<FromLog>) {
+    use futures::StreamExt;
+    let ended = FromLog::Ended { job, attempt };
+    let mut events = match server.events(&format!("/api/v1/jobs/{job}/log")).await {
+        Ok(events) => Box::pin(events),
+        Err(error) => {
+            eprintln!("wharf: cannot follow the log of job {job}: {error:#}");
+            let _ = lines.send(ended);
+            return;
+        }
+    };
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                eprintln!("wharf: the log of job {job} broke off: {error:#}");
+                break;
+            }
+        };
+        let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+        match event.event.as_str() {
+            "log" => {
+                for line in data["text"].as_str().unwrap_or("").lines() {
+                    let _ = lines.send(FromLog::Line { name: name.clone(), line: line.to_owned() });
+                }
+            }
+            "restart" => return,
+            "end" => break,
+            _ => {}
+        }
     }
-    if status != shown.status {
-        let node = job["node"].as_u64().map(|n| format!(" on node {n}")).unwrap_or_default();
-        out!("==> {name}: {status}{node}");
-        shown.status = status;
-    }
-    if job["node"].is_null() {
-        // Never started (skipped, canceled while queued, or still waiting): no log to show.
-        shown.complete = job["finished_ms"].is_u64();
-        return Ok(());
-    }
-    if shown.complete {
-        return Ok(());
-    }
-    let (text, next, complete) = server.log_from(id, shown.offset).await?;
-    // Only whole lines, so that two jobs' output never mixes within a line.
-    let whole = if complete { text.len() } else { text.rfind('\n').map_or(0, |at| at + 1) };
-    for line in text[..whole].lines() {
-        out!("{name:>12} | {line}");
-    }
-    shown.offset += whole as u64;
-    shown.complete = complete && whole == text.len() && next == shown.offset;
-    Ok(())
+    let _ = lines.send(ended);
 }
 
 /// After a pipeline passed: the deployments it started (one per unprotected environment whose
@@ -258,27 +376,44 @@ async fn started_deployments(server: &Server, pipeline: &Value) -> anyhow::Resul
 
 fn summary(pipeline: &Value, jobs: &[Value]) -> anyhow::Result<()> {
     out!();
-    out!("{:<16} {:<10} {:<10} {:>5} {:>9} {:>16} {:>9}", "JOB", "STAGE", "STATUS", "NODE", "SECONDS", "TESTS P/F/S", "COVERAGE");
+    let mut summary = table(&["JOB", "STAGE", "STATUS", "NODE", "DURATION", "TESTS P/F/S", "COVERAGE"]);
     for job in jobs {
-        let seconds = job["duration_ms"].as_u64().map(|ms| format!("{:.1}", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into());
+        let duration = job["duration_ms"]
+            .as_u64()
+            .map(|ms| humantime::format_duration(Duration::from_millis(ms)).to_string())
+            .unwrap_or_else(|| "-".into());
         let tests = &job["tests"];
         let tests = if tests.is_null() { "-".to_owned() } else { format!("{}/{}/{}", tests["passed"], tests["failed"], tests["skipped"]) };
         let coverage = job["coverage"].as_f64().map(|c| format!("{c:.2}%")).unwrap_or_else(|| "-".into());
-        out!(
-            "{:<16} {:<10} {:<10} {:>5} {:>9} {:>16} {:>9}",
-            job["name"].as_str().unwrap_or(""),
-            job["stage"].as_str().unwrap_or(""),
-            job["status"].as_str().unwrap_or(""),
-            job["node"].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
-            seconds,
-            tests,
-            coverage
-        );
+        summary.add_row(vec![cell(&job["name"]), cell(&job["stage"]), cell(&job["status"]), cell(&job["node"]), duration, tests, coverage]);
     }
+    crate::output::right_align(&mut summary, &[3, 4, 5, 6]);
+    print_table(summary);
     let status = pipeline["status"].as_str().unwrap_or("?");
     out!("pipeline {} {status}", pipeline["id"]);
     if status != "passed" {
         bail!("pipeline {} {status}", pipeline["id"]);
     }
     Ok(())
+}
+
+/// Prints a job's log live from the API's event stream until the job ends; a new attempt
+/// (a retry, or a runner lost and the job run elsewhere) starts the log again.
+async fn follow_log(server: &Server, id: u64) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let mut events = std::pin::pin!(server.events(&format!("/api/v1/jobs/{id}/log")).await?);
+    while let Some(event) = events.next().await {
+        let event = event?;
+        let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+        match event.event.as_str() {
+            "log" => out_raw!("{}", data["text"].as_str().unwrap_or("")),
+            "restart" => out!("--- job {id}: attempt {} starts again ---", data["attempt"]),
+            "end" => {
+                eprintln!("wharf: job {id} {}", data["status"].as_str().unwrap_or("is gone"));
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+    bail!("the log's event stream ended before the job did")
 }

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use wharf_proto::deploy::IdKind;
 
 use crate::client::{print, Server};
+use crate::output::{cell, print_table, table};
 
 /// `wharf env …`
 #[derive(Subcommand)]
@@ -148,18 +149,23 @@ pub async fn env(server: Server, command: EnvCommand) -> anyhow::Result<()> {
                 None => "/api/v1/environments".into(),
             };
             let listed = server.send(Method::GET, &path, None).await?;
-            out!("{:>8}  {:<24} {:<14} {:>8} {:>9} {:>9}", "ID", "PROJECT", "NAME", "REVISION", "INSTANCES", "PROTECTED");
-            for env in listed["environments"].as_array().into_iter().flatten() {
-                out!(
-                    "{:>8}  {:<24} {:<14} {:>8} {:>9} {:>9}",
-                    env["id"].as_str().unwrap_or(""),
-                    env["project"].as_str().unwrap_or(""),
-                    env["name"].as_str().unwrap_or(""),
-                    env["current_revision"].as_u64().map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
-                    env["instances"].as_array().map_or(0, Vec::len),
-                    if env["protected"] == true { "yes" } else { "no" },
-                );
+            if server.json {
+                print(&listed);
+                return Ok(());
             }
+            let mut environments = table(&["ID", "PROJECT", "NAME", "REVISION", "INSTANCES", "PROTECTED"]);
+            for env in listed["environments"].as_array().into_iter().flatten() {
+                environments.add_row(vec![
+                    cell(&env["id"]),
+                    cell(&env["project"]),
+                    cell(&env["name"]),
+                    cell(&env["current_revision"]),
+                    env["instances"].as_array().map_or(0, Vec::len).to_string(),
+                    if env["protected"] == true { "yes" } else { "no" }.to_owned(),
+                ]);
+            }
+            crate::output::right_align(&mut environments, &[0, 3, 4]);
+            print_table(environments);
         }
         EnvCommand::Show { env } => {
             let id = environment_id(&server, &env).await?;
@@ -191,6 +197,10 @@ pub async fn env(server: Server, command: EnvCommand) -> anyhow::Result<()> {
             let id = environment_id(&server, &env).await?;
             let started = server.send(Method::POST, &format!("/api/v1/environments/{id}/rollback"), Some(json!({"revision": revision}))).await?;
             let deployment = number(&started["deployment_id"], IdKind::Deployment);
+            if server.json && no_follow {
+                print(&started);
+                return Ok(());
+            }
             out!(
                 "{}: rolling back {} to revision {revision}",
                 IdKind::Deployment.format(deployment),
@@ -211,6 +221,10 @@ pub async fn deployment(server: Server, command: DeploymentCommand) -> anyhow::R
             let body = json!({"repo_url": repo, "branch_name": branch, "env_id": env_id});
             let started = server.send(Method::POST, "/api/v1/deployments", Some(body)).await?;
             let id = number(&started["deployment_id"], IdKind::Deployment);
+            if server.json && no_follow {
+                print(&started);
+                return Ok(());
+            }
             out!("{}: {branch} of {repo} to {}", IdKind::Deployment.format(id), IdKind::Environment.format(env_id));
             if !no_follow {
                 follow(&server, id).await?;
@@ -237,61 +251,88 @@ pub async fn deployment(server: Server, command: DeploymentCommand) -> anyhow::R
                 path.push_str(&format!("&status={status}"));
             }
             let listed = server.send(Method::GET, &path, None).await?;
-            out!("{:>10}  {:>8} {:>8}  {:<12} {:<12} {:<8} DETAILS", "ID", "ENV", "REVISION", "STATUS", "BRANCH", "COMMIT");
-            for deployment in listed["deployments"].as_array().into_iter().flatten() {
-                out!(
-                    "{:>10}  {:>8} {:>8}  {:<12} {:<12} {:<8} {}",
-                    deployment["id"].as_str().unwrap_or(""),
-                    deployment["env"].as_str().unwrap_or(""),
-                    deployment["revision"].as_u64().unwrap_or_default(),
-                    deployment["status"].as_str().unwrap_or(""),
-                    deployment["branch"].as_str().unwrap_or("-"),
-                    deployment["sha"].as_str().unwrap_or("").chars().take(8).collect::<String>(),
-                    deployment["details"].as_str().unwrap_or("")
-                );
+            if server.json {
+                print(&listed);
+                return Ok(());
             }
+            let mut deployments = table(&["ID", "ENV", "REVISION", "STATUS", "BRANCH", "COMMIT", "DETAILS"]);
+            for deployment in listed["deployments"].as_array().into_iter().flatten() {
+                deployments.add_row(vec![
+                    cell(&deployment["id"]),
+                    cell(&deployment["env"]),
+                    cell(&deployment["revision"]),
+                    cell(&deployment["status"]),
+                    cell(&deployment["branch"]),
+                    deployment["sha"].as_str().unwrap_or("").chars().take(8).collect::<String>(),
+                    cell(&deployment["details"]),
+                ]);
+            }
+            crate::output::right_align(&mut deployments, &[2]);
+            print_table(deployments);
             Ok(())
         }
     }
 }
 
-/// Prints each new event and each change of status or progress until the deployment ends.
+/// Prints each event of the deployment and its progress, live from the API's event stream,
+/// until it ends: a progress bar on a terminal, a line per change otherwise. Exits non-zero
+/// unless it completed.
 async fn follow(server: &Server, id: u64) -> anyhow::Result<()> {
     use backon::Retryable;
-    let mut shown_events = 0;
-    let mut last_line = String::new();
+    use futures::StreamExt;
     let path = format!("/api/v1/deployments/{id}");
     // A deployment a passed pipeline asks for appears a moment after the pipeline ends: a 404
     // is asked again for up to 10 s.
     let appears = backon::ConstantBuilder::new().with_delay(Duration::from_millis(250)).with_max_times(40);
-    let mut deployment: Value = (|| server.send(Method::GET, &path, None))
+    let deployment: Value = (|| server.send(Method::GET, &path, None))
         .retry(appears)
         .when(|error| error.to_string().starts_with("404"))
         .await?;
-    // A poll that prints each change until the deployment ends, not a retry: kept as a loop.
-    loop {
-        let events = deployment["events"].as_array().cloned().unwrap_or_default();
-        for event in events.iter().skip(shown_events) {
-            out!("  {}", event["message"].as_str().unwrap_or(""));
+    let revision = deployment["revision"].clone();
+    let bar = crate::output::progress_bar(100, "{spinner} revision {prefix} [{bar:30}] {pos}% {msg}");
+    bar.set_prefix(revision.to_string());
+    let mut last_line = String::new();
+    let mut events = std::pin::pin!(server.events(&format!("{path}/events")).await?);
+    while let Some(event) = events.next().await {
+        let event = event?;
+        let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+        match event.event.as_str() {
+            "event" => {
+                let message = data["message"].as_str().unwrap_or("").to_owned();
+                bar.suspend(|| out!("  {message}"));
+            }
+            kind @ ("status" | "end") => {
+                let status = data["status"].as_str().unwrap_or("?");
+                let phase = data["progress"]["phase"].as_str().unwrap_or("");
+                let percent = data["progress"]["percent"].as_u64().unwrap_or(0);
+                let details = data["details"].as_str().unwrap_or("");
+                bar.set_position(percent);
+                bar.set_message(format!("[{status}] {phase}: {details}"));
+                // The percentage goes to the bar, and into a line only at the end of a
+                // completed deployment: the percentage (healthy instances serving the target
+                // revision) and the details (the controller's count of updated instances) are
+                // taken at different moments, so mid-rollout they can read as a contradiction
+                // ("100%: 1 of 2 instances updated"), and a failed or rolled-back deployment's
+                // percentage would read as success ("100%: 0 of 1 instances updated").
+                let line = match status {
+                    "completed" => format!("[{status}] revision {revision}: {phase} {percent}%: {details}"),
+                    _ => format!("[{status}] revision {revision}: {phase}: {details}"),
+                };
+                if kind == "end" {
+                    bar.finish_and_clear();
+                    out!("{line}");
+                    return match status {
+                        "completed" => Ok(()),
+                        _ => bail!("{} {status}", IdKind::Deployment.format(id)),
+                    };
+                }
+                if bar.is_hidden() && line != last_line {
+                    out!("{line}");
+                    last_line = line;
+                }
+            }
+            _ => {}
         }
-        shown_events = events.len();
-        let status = deployment["status"].as_str().unwrap_or("?").to_owned();
-        let line = format!(
-            "[{status}] revision {}: {} {}%: {}",
-            deployment["revision"],
-            deployment["progress"]["phase"].as_str().unwrap_or(""),
-            deployment["progress"]["percent"],
-            deployment["details"].as_str().unwrap_or("")
-        );
-        if line != last_line {
-            out!("{line}");
-            last_line = line;
-        }
-        match status.as_str() {
-            "completed" => return Ok(()),
-            "failed" | "rolled-back" => bail!("{} {status}", IdKind::Deployment.format(id)),
-            _ => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-        deployment = server.send(Method::GET, &path, None).await?;
     }
+    bail!("the deployment's event stream ended before the deployment did")
 }

@@ -2,7 +2,7 @@
 //! (flags or `WHARF_*` variables; a node's TOML file does not take them).
 
 use clap::Args;
-use wharf_node::sandbox::SandboxMode;
+use wharf_sandbox::SandboxMode;
 use wharf_node::NodeConfig;
 
 /// How a node confines the CI jobs and instances it runs.

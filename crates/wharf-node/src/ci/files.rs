@@ -1,6 +1,7 @@
 //! The files jobs leave on the node that ran them: logs (`ci/logs/job-{id}.{attempt}.log`,
-//! kept) and artifacts (`ci/artifacts/job-{id}/`, deleted when they expire), and reading them
-//! a chunk at a time for the front.
+//! kept while the job's record is), artifacts (`ci/artifacts/job-{id}/`, deleted when they
+//! expire) and the mirrors checkouts come from (`ci/mirrors/`, kept while the repository is),
+//! and reading them a chunk at a time for the front.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use wharf_proto::{ApiError, JobStatus, SessionChunk, MAX_CHUNK_BYTES};
 
 use crate::NodeContext;
 
-/// How often expired artifacts are looked for.
+/// How often expired artifacts, and files of deleted jobs and repositories, are looked for.
 pub(super) const SWEEP_PERIOD: Duration = Duration::from_secs(60);
 
 /// The log of attempt `attempt` of job `id` on this node.
@@ -61,9 +62,45 @@ pub(crate) fn read_at(mut file: std::fs::File, offset: u64) -> Result<Vec<u8>, A
     Ok(data)
 }
 
+/// Deletes what is no longer wanted: expired artifacts, the files of jobs whose records are
+/// gone (their repository was deleted), and the mirrors of deleted repositories.
+pub(super) async fn sweep(node: &NodeContext) {
+    sweep_expired_artifacts(node).await;
+    let directory = node.meta.directory();
+    let ci = node.config.data_dir.join("ci");
+    sweep_dir(&ci.join("logs"), |name| {
+        let id = name.strip_prefix("job-")?.split('.').next()?.parse::<u64>().ok()?;
+        Some(directory.job(id).is_none())
+    })
+    .await;
+    sweep_dir(&ci.join("mirrors"), |name| {
+        let id = u64::from_str_radix(name.strip_suffix(".git")?, 16).ok()?;
+        Some(directory.repo_by_id(wharf_proto::RepoId(id)).is_none())
+    })
+    .await;
+}
+
+/// Removes each entry of `dir` for which `unwanted` (given its name) says `Some(true)`;
+/// names it does not know are left alone.
+async fn sweep_dir(dir: &std::path::Path, unwanted: impl Fn(&str) -> Option<bool>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_str().and_then(&unwanted) != Some(true) {
+            continue;
+        }
+        tracing::info!(path = %entry.path().display(), "deleting the files of a deleted job or repository");
+        let path = entry.path();
+        let _ = match tokio::fs::symlink_metadata(&path).await {
+            Ok(metadata) if metadata.is_dir() => tokio::fs::remove_dir_all(&path).await,
+            _ => tokio::fs::remove_file(&path).await,
+        };
+    }
+}
+
 /// Deletes the artifacts of jobs whose artifacts expired, were replaced by a run elsewhere,
 /// or whose record is gone.
-pub(super) async fn sweep_expired_artifacts(node: &NodeContext) {
+async fn sweep_expired_artifacts(node: &NodeContext) {
     let root = node.config.data_dir.join("ci").join("artifacts");
     let Ok(entries) = std::fs::read_dir(&root) else { return };
     let directory = node.meta.directory();

@@ -24,8 +24,9 @@ use wharf_proto::{ApiError, ArtifactFile, JobRecord, JobStatus, NodeReply, NodeR
 use super::files::{artifacts_dir, log_path};
 use super::log::CappedLog;
 use super::runner::Stop;
-use crate::sandbox::beneath::{Beneath, BeneathError};
-use crate::sandbox::{Confinement, Limits};
+use wharf_sandbox::beneath::{Beneath, BeneathError};
+use wharf_sandbox::container;
+use wharf_sandbox::{Confinement, Limits};
 use crate::NodeContext;
 
 /// How long artifacts are kept when the file does not say.
@@ -210,13 +211,25 @@ impl<'a> Attempt<'a> {
             workdir: self.workspace.to_owned(),
             writable: std::iter::once(self.workspace.to_owned()).chain(self.node.config.sandbox_volumes.iter().cloned()).collect(),
             readable: vec![self.mirror.clone()],
-            network: true,
+            network: self.spec.network,
             limits: Limits {
                 data_bytes: None,
                 processes: Some(MAX_JOB_PROCESSES),
             },
         };
-        let mut command = self.node.sandbox.command(&script_text(&self.spec.script), &confinement)?;
+        let script = script_text(&self.spec.script);
+        let container = self.spec.image.as_ref().map(|_| container::name(self.job.id, self.job.attempt));
+        let mut command = match (&self.spec.image, &container) {
+            (Some(image), Some(name)) => {
+                if !container::engine_answers().await {
+                    return Err(format!("the job runs in image {image}, and no Docker engine answers on this node"));
+                }
+                self.log.line(&format!("wharf: running in a container of {image}"));
+                let owner = self.node.sandbox.file_owner();
+                container::command(name, image, &confinement, owner, self.env.keys(), &script)
+            }
+            _ => self.node.sandbox.command(&script, &confinement)?,
+        };
         command
             .envs(&self.env)
             .stdin(Stdio::null())
@@ -237,6 +250,10 @@ impl<'a> Attempt<'a> {
         // Whatever the script left running in the background goes with it.
         if let Some(group) = group {
             kill_group(group);
+        }
+        if let Some(name) = &container {
+            // Killing the `docker run` client does not stop the container.
+            container::remove(name).await;
         }
         let _ = child.wait().await;
         let _ = copier.await;

@@ -7,7 +7,7 @@
 //! once what it needs has passed (see `wharf_meta::CiCommand`).
 //!
 //! Every node runs a [`runner`]: it takes queued jobs into its free slots with a lease, runs
-//! each in a fresh workspace, confined by the node's [`crate::sandbox`] ([`job`]), and reports how
+//! each in a fresh workspace, confined by the node's [`wharf_sandbox::Sandbox`] ([`job`]), and reports how
 //! it ended. Logs and artifacts stay on the
 //! node that ran the job and are read from there ([`files`]).
 

@@ -119,8 +119,8 @@ pub(crate) fn spawn_runner(node: &Arc<NodeContext>) {
     node.background.spawn_loop("runner-lease-expiry", weak.clone(), Wake::Every(EXPIRY_CHECK), |node| async move {
         expire_leases(&node).await;
     });
-    node.background.spawn_loop("artifact-sweeper", weak, Wake::Every(super::files::SWEEP_PERIOD), |node| async move {
-        super::files::sweep_expired_artifacts(&node).await;
+    node.background.spawn_loop("file-sweeper", weak, Wake::Every(super::files::SWEEP_PERIOD), |node| async move {
+        super::files::sweep(&node).await;
     });
 }
 

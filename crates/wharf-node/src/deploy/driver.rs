@@ -21,7 +21,7 @@ use wharf_proto::deploy::{DriverSpec, HealthCheck, InstanceHealth, InstanceRecor
 use wharf_proto::{ApiError, NodeRequest};
 
 use crate::background::Wake;
-use crate::sandbox::{Confinement, Limits};
+use wharf_sandbox::{Confinement, Limits};
 use crate::NodeContext;
 
 /// How often the driver compares records with processes.
@@ -36,6 +36,10 @@ pub(crate) struct Driver {
     fetching: tokio::sync::Mutex<()>,
     /// The HTTP client of the health checks.
     checker: reqwest::Client,
+    /// Set by [`Driver::stop_all`]: the node is shutting down, so the instances it stops keep
+    /// their records (the metadata store stops right after; a write then would fail, and
+    /// openraft logs an ERROR for it).
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Driver {
@@ -44,6 +48,7 @@ impl Default for Driver {
             running: Mutex::default(),
             fetching: tokio::sync::Mutex::default(),
             checker: health_client(),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -67,6 +72,7 @@ impl Driver {
 
     /// Stops every instance (the node is shutting down).
     pub fn stop_all(&self) {
+        self.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
         for stop in self.lock().values() {
             let _ = stop.send(true);
         }
@@ -141,6 +147,10 @@ async fn run_instance(node: Arc<NodeContext>, record: InstanceRecord, mut stop: 
         }
     }
     node.driver.lock().remove(&id);
+    if node.driver.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+        // The node stops, not the instance's record: it stays for the controllers to act on.
+        return;
+    }
     let _ = write(&node, DeployCommand::RemoveInstance { instance: id }).await;
 }
 

@@ -1,4 +1,4 @@
-//! The sandbox: where the code that a push brings runs (CI job scripts and deployed
+//! Wharf's sandbox: where the code that a push brings runs (CI job scripts and deployed
 //! instances), so that whoever can push a `.wharf.yml` cannot read this node's data directory,
 //! its tokens, its cookie or another job's workspace.
 //!
@@ -17,9 +17,14 @@
 //! operator opted in to running them unconfined (`--sandbox none`).
 //!
 //! [`beneath`] reads what a sandboxed program left in its workspace without following the
-//! links it may have planted there.
+//! links it may have planted there; [`container`] runs a job that names an `image:` in a
+//! container instead, with the same confinement.
+//!
+//! This crate builds commands and reads files; it keeps no state and starts nothing that
+//! outlives the command its caller runs. The storage node's runner and instance driver use it.
 
 pub mod beneath;
+pub mod container;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -213,6 +218,15 @@ impl Sandbox {
         match &self.kind {
             Kind::Bubblewrap { switch_to: Some((uid, gid)), .. } => chown_tree(dir, *uid, *gid),
             _ => Ok(()),
+        }
+    }
+
+    /// The user and group that own what a sandboxed program writes (and that a container runs
+    /// as): the sandbox user when Wharf is root, Wharf's own otherwise.
+    pub fn file_owner(&self) -> (u32, u32) {
+        match &self.kind {
+            Kind::Bubblewrap { switch_to: Some(ids), .. } => *ids,
+            _ => (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw()),
         }
     }
 
