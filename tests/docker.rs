@@ -327,6 +327,7 @@ fn the_image_runs_the_readme_jobs_with_its_own_userland() {
     assert_eq!(pipeline["status"], "passed", "{pipeline:#}\nbuild: {}\nunit: {}", log("build"), log("unit"));
     assert!(log("build").contains("app.py"), "{}", log("build"));
     assert_eq!(wharf_tests::job(&pipeline, "unit")["coverage"], 100.0);
+}
 
 const CONTAINER_JOB: &str = r#"stages: [build]
 jobs:
