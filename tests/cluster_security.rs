@@ -194,7 +194,8 @@ fn connections_that_never_authenticate_are_cut_off_and_counted() {
     // once; those held are closed after the 10 s handshake deadline.
     let mut silent: Vec<TcpStream> = (0..70).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
     let started = Instant::now();
-    let refused_at_once = silent[64..].iter_mut().map(|stream| closed_within(stream, Duration::from_millis(500))).filter(|closed| *closed).count();
+    // "At once" is well before the 10 s deadline; 3 s leaves room for a loaded machine.
+    let refused_at_once = silent[64..].iter_mut().map(|stream| closed_within(stream, Duration::from_secs(3))).filter(|closed| *closed).count();
     assert_eq!(refused_at_once, 6, "connections past the 64th are refused at once");
     assert!(closed_within(&mut silent[0], Duration::from_secs(15)), "a silent connection is closed after the deadline");
     let held_for = started.elapsed();
