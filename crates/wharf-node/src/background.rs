@@ -19,12 +19,14 @@ use tokio_util::task::TaskTracker;
 use crate::NodeContext;
 
 /// When a loop runs its step again.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Wake {
     /// After this long.
     Every(Duration),
-    /// As soon as the metadata applies an entry, and after this long at the latest.
-    OnChange(Duration),
+    /// As soon as the metadata applies an entry or the notifier is notified (by something that
+    /// is not a metadata change, such as a runner slot freeing), and after this long at the
+    /// latest.
+    OnChangeOr(Duration, Arc<tokio::sync::Notify>),
 }
 
 /// The owner of a node's background loops.
@@ -55,15 +57,21 @@ impl Background {
                 loop {
                     let Some(context) = node.upgrade() else { return };
                     step(context.clone()).await;
-                    match wake {
+                    match &wake {
                         Wake::Every(period) => {
                             drop(context);
-                            tokio::time::sleep(period).await;
+                            tokio::time::sleep(*period).await;
                         }
-                        Wake::OnChange(at_most) => {
+                        Wake::OnChangeOr(at_most, notifier) => {
                             let meta = context.meta.clone();
                             drop(context);
-                            seen = tokio::time::timeout(at_most, meta.applied_changed(seen)).await.unwrap_or(seen);
+                            let woken = async {
+                                tokio::select! {
+                                    changed = meta.applied_changed(seen) => changed,
+                                    () = notifier.notified() => seen,
+                                }
+                            };
+                            seen = tokio::time::timeout(*at_most, woken).await.unwrap_or(seen);
                         }
                     }
                 }

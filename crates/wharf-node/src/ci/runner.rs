@@ -45,6 +45,8 @@ pub(crate) struct Runner {
     running: Mutex<HashMap<u64, watch::Sender<Option<Stop>>>>,
     /// One lock per repository mirror, so two jobs never fetch into one at once.
     mirrors: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Notified when a job's slot frees, to wake the claimer.
+    slot_freed: Arc<tokio::sync::Notify>,
 }
 
 impl Runner {
@@ -55,6 +57,7 @@ impl Runner {
             total: slots,
             running: Mutex::new(HashMap::new()),
             mirrors: Mutex::new(HashMap::new()),
+            slot_freed: Arc::default(),
         }
     }
 
@@ -112,7 +115,11 @@ impl Runner {
 /// Starts the runner loops of `node` under its [`crate::background::Background`].
 pub(crate) fn spawn_runner(node: &Arc<NodeContext>) {
     let weak = Arc::downgrade(node);
-    node.background.spawn_loop("runner-claim", weak.clone(), Wake::OnChange(CLAIM_AT_LEAST_EVERY), |node| async move {
+    // A job's end is applied before its slot frees (the slot is held until its result is
+    // recorded), so the claimer is also woken when a slot frees: otherwise the next queued
+    // job waited for some other change, or CLAIM_AT_LEAST_EVERY.
+    let wake = Wake::OnChangeOr(CLAIM_AT_LEAST_EVERY, node.runner.slot_freed.clone());
+    node.background.spawn_loop("runner-claim", weak.clone(), wake, |node| async move {
         claim_queued(&node).await;
         watch_running(&node);
     });
@@ -171,6 +178,7 @@ async fn claim_queued(node: &Arc<NodeContext>) {
             lease.abort();
             node.runner.untrack(claimed.id);
             drop(permit);
+            node.runner.slot_freed.notify_one();
         });
     }
 }
