@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use wharf_meta::{CiCommand, Command, Meta, MetaConfig, RefUpdate};
 use wharf_proto::{NodeId, RepoId, RepoName};
-use wharf_tests::Wharf;
+use wharf_tests::{rss_mib, Wharf};
 
 const REPOS: u64 = 1_000;
 const EVENTS: u64 = 700_000;
@@ -214,16 +214,6 @@ fn percentiles(mut samples: Vec<Duration>) -> serde_json::Value {
     samples.sort();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
     json!({ "p50_us": at(0.5), "p99_us": at(0.99) })
-}
-
-/// Resident memory of a process, from `/proc`.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// `wharf dev` measured from outside: 10,000 variables of 4 KiB through the API.

@@ -37,16 +37,8 @@ elif [ ! -f "$DIR/cookie" ]; then
 fi
 export WHARF_COOKIE_FILE="$DIR/cookie"
 
-# wait_for_line FILE TEXT: waits (60 s at most) until FILE has a line containing TEXT.
-wait_for_line() {
-    for _ in $(seq 1 600); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "cluster.sh: '$2' did not appear in $1 within 60 s; its end:" >&2
-    tail -n 20 "$1" >&2
-    return 1
-}
+# wait_for_line FILE TEXT
+source scripts/wait-for-line.sh
 
 start_node() {
     local id=$1 join=${2:-}

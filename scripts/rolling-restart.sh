@@ -60,16 +60,8 @@ if [ -n "$unknown" ]; then
     exit 1
 fi
 
-# wait_for_line FILE TEXT: waits (60 s at most) until FILE has a line containing TEXT.
-wait_for_line() {
-    for _ in $(seq 1 600); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "rolling-restart.sh: '$2' did not appear in $1 within 60 s; its end:" >&2
-    tail -n 20 "$1" >&2
-    return 1
-}
+# wait_for_line FILE TEXT
+source scripts/wait-for-line.sh
 
 # restart_local ID ADDRESS: stops the process listening on ADDRESS's port and starts it again
 # as it was started.

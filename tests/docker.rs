@@ -13,6 +13,13 @@ fn docker(args: &[&str]) -> Output {
     Command::new("docker").args(args).output().expect("run docker")
 }
 
+/// Builds the image `tag` with `scripts/docker-image.sh` from the wharf binary the tests use.
+fn build_image(tag: &str) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/docker-image.sh");
+    let built = Command::new("bash").arg(script).arg(wharf_binary()).arg(tag).output().expect("build the image");
+    assert!(built.status.success(), "image build failed: {}", String::from_utf8_lossy(&built.stderr));
+}
+
 fn docker_ok(args: &[&str]) -> String {
     let output = docker(args);
     assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
@@ -106,14 +113,7 @@ fn a_node_cut_off_its_network_takes_only_its_own_repositories_offline() {
         image: format!("wharf:test-{pid}"),
         cookie_env: format!("WHARF_COOKIE={}", random_cookie()),
     };
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/docker-image.sh");
-    let built = Command::new("bash")
-        .arg(script)
-        .arg(wharf_binary())
-        .arg(&cluster.image)
-        .output()
-        .expect("build the image");
-    assert!(built.status.success(), "image build failed: {}", String::from_utf8_lossy(&built.stderr));
+    build_image(&cluster.image);
     docker_ok(&["network", "create", "--subnet", &format!("172.31.{}.0/24", cluster.subnet), &cluster.network()]);
 
     let first_ip = cluster.ip(11);
@@ -210,9 +210,7 @@ deploy:
 fn a_docker_environment_runs_its_instances_as_containers_with_its_limits() {
     let _cleanup = InstanceContainers;
     let image = format!("wharf:app-test-{}", std::process::id());
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/docker-image.sh");
-    let built = Command::new("bash").arg(script).arg(wharf_binary()).arg(&image).output().expect("build the image");
-    assert!(built.status.success(), "image build failed: {}", String::from_utf8_lossy(&built.stderr));
+    build_image(&image);
 
     let data = tempfile::tempdir().unwrap();
     let wharf = Wharf::start(data.path());
@@ -299,9 +297,7 @@ fn the_image_runs_the_readme_jobs_with_its_own_userland() {
     let pid = std::process::id();
     let (container, image) = (format!("wharf-jobs-test-{pid}"), format!("wharf:jobs-test-{pid}"));
     let _removed = Removed(container.clone(), image.clone());
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/docker-image.sh");
-    let built = Command::new("bash").arg(script).arg(wharf_binary()).arg(&image).output().expect("build the image");
-    assert!(built.status.success(), "image build failed: {}", String::from_utf8_lossy(&built.stderr));
+    build_image(&image);
     let port = free_port();
     docker_ok(&[
         "run", "-d", "--name", &container, "-p", &format!("127.0.0.1:{port}:8080"), "-e", "WHARF_SANDBOX=none", "-e", "WHARF_LOG=warn",
@@ -349,9 +345,7 @@ jobs:
 #[ignore = "needs a Docker engine: .ci/run runs it with --run-ignored when one answers"]
 fn a_job_with_an_image_runs_in_a_container_of_it() {
     let image = format!("wharf:job-test-{}", std::process::id());
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/docker-image.sh");
-    let built = Command::new("bash").arg(script).arg(wharf_binary()).arg(&image).output().expect("build the image");
-    assert!(built.status.success(), "image build failed: {}", String::from_utf8_lossy(&built.stderr));
+    build_image(&image);
 
     let data = tempfile::tempdir().unwrap();
     let wharf = Wharf::start(data.path());

@@ -471,12 +471,20 @@ pub fn process_running(needle: &str) -> bool {
 
 /// Commits `files` in a new repository and pushes them to `repo`; returns the commit.
 pub fn push(wharf: &Wharf, repo: &str, files: &[(&str, &str)]) -> String {
+    push_tree(wharf, repo, |dir| {
+        for (path, content) in files {
+            let path = dir.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+    })
+}
+
+/// Commits what `setup` makes in a new repository's work tree (links included) and pushes it
+/// to `repo`; returns the commit.
+pub fn push_tree(wharf: &Wharf, repo: &str, setup: impl FnOnce(&Path)) -> String {
     let work = tempfile::tempdir().unwrap();
-    for (path, content) in files {
-        let path = work.path().join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, content).unwrap();
-    }
+    setup(work.path());
     git_ok(work.path(), &["init", "-q"]);
     git_ok(work.path(), &["add", "."]);
     git_ok(work.path(), &["commit", "-qm", "pipeline"]);
@@ -512,4 +520,14 @@ pub fn id_number(value: &Value) -> u64 {
         .as_u64()
         .or_else(|| value.as_str()?.rsplit('-').next()?.parse().ok())
         .unwrap_or_else(|| panic!("{value} is not an id"))
+}
+
+/// Resident memory of a process in MiB, from `/proc` (0 if it cannot be read).
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }

@@ -8,17 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use wharf_tests::{git, git_ok, Wharf};
-
-/// Resident memory of a process in MiB, from `/proc`.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
+use wharf_tests::{git, git_ok, rss_mib, Wharf};
 
 fn host(wharf: &Wharf) -> String {
     wharf.url.trim_start_matches("http://").to_owned()

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use wharf_tests::{finished_pipeline, git_ok, job, wait_until, Wharf};
+use wharf_tests::{finished_pipeline, job, push, push_tree, rss_mib, wait_until, Wharf};
 
 /// A secret of two lines, and a plain variable that tells the jobs where the data is.
 const SECRET: &str = "first-line-of-the-key\nsecond-line-of-the-key";
@@ -45,15 +45,6 @@ fn log_of(wharf: &Wharf, job: &Value) -> String {
     String::from_utf8(wharf.get(&format!("/api/v1/jobs/{}/log", job["id"])).bytes).unwrap()
 }
 
-fn push_tree(wharf: &Wharf, repo: &str, setup: impl FnOnce(&std::path::Path)) {
-    let work = tempfile::tempdir().unwrap();
-    setup(work.path());
-    git_ok(work.path(), &["init", "-q"]);
-    git_ok(work.path(), &["add", "."]);
-    git_ok(work.path(), &["commit", "-qm", "attack"]);
-    git_ok(work.path(), &["push", "-q", &wharf.push_url(repo), "main"]);
-}
-
 #[test]
 fn a_job_sees_only_its_workspace_and_leaks_nothing() {
     let data = tempfile::tempdir().unwrap();
@@ -66,7 +57,7 @@ fn a_job_sees_only_its_workspace_and_leaks_nothing() {
     let data_dir = std::fs::canonicalize(data.path()).unwrap().display().to_string();
     set_variable(&wharf, "acme/spy", "DATA_DIR", &data_dir, false);
     set_variable(&wharf, "acme/spy", "THE_KEY", SECRET, true);
-    push_tree(&wharf, "acme/spy", |dir| std::fs::write(dir.join(".wharf.yml"), SPY_PIPELINE).unwrap());
+    push(&wharf, "acme/spy", &[(".wharf.yml", SPY_PIPELINE)]);
     let pipeline = finished_pipeline(&wharf, "acme/spy");
     let spy = job(&pipeline, "spy");
     let log = log_of(&wharf, spy);
@@ -147,24 +138,17 @@ fn artifacts_and_reports_never_leave_the_workspace() {
     assert_eq!(paths, ["out/ok.txt"]);
 }
 
-/// The resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[test]
 fn a_flood_of_output_is_capped_and_read_in_chunks() {
     let data = tempfile::tempdir().unwrap();
     let wharf = Wharf::start(data.path());
     wharf.create_repo("acme/flood");
     let file = "stages: [flood]\njobs:\n  flood:\n    stage: flood\n    script: [\"head -c 100000000 /dev/zero | tr '\\\\0' x\", echo after the flood]\n";
-    push_tree(&wharf, "acme/flood", |dir| std::fs::write(dir.join(".wharf.yml"), file).unwrap());
+    push(&wharf, "acme/flood", &[(".wharf.yml", file)]);
     let pipeline = finished_pipeline(&wharf, "acme/flood");
     let flood = job(&pipeline, "flood");
     assert_eq!(flood["status"], "passed", "{flood:#}");
-    let before = rss_kib(wharf.pid().unwrap());
+    let before = rss_mib(wharf.pid().unwrap());
     let readers: Vec<_> = (0..4)
         .map(|_| {
             let url = format!("{}/api/v1/jobs/{}/log", wharf.url, flood["id"]);
@@ -172,14 +156,14 @@ fn a_flood_of_output_is_capped_and_read_in_chunks() {
         })
         .collect();
     let sizes: Vec<usize> = readers.into_iter().map(|reader| reader.join().unwrap()).collect();
-    let after = rss_kib(wharf.pid().unwrap());
+    let after = rss_mib(wharf.pid().unwrap());
     let log = log_of(&wharf, flood);
     let cap = 4 << 20;
     assert!(log.len() > cap && log.len() < cap + 4096, "the log is cut at 4 MiB: {} bytes", log.len());
     assert!(sizes.iter().all(|size| *size == log.len()), "{sizes:?}");
     assert!(log.contains("wharf: the log was truncated at 4194304 bytes"), "{}", &log[log.len() - 300..]);
     assert!(!log.contains("after the flood"), "output after the cap is dropped");
-    assert!(after < before + 50 * 1024, "four readers took the server from {before} to {after} KiB");
+    assert!(after < before + 50.0, "four readers took the server from {before:.1} to {after:.1} MiB");
     wait_until("the workspace is removed", Duration::from_secs(10), || {
         std::fs::read_dir(data.path().join("ci/work")).is_ok_and(|mut entries| entries.next().is_none())
     });
@@ -212,11 +196,7 @@ fn a_job_without_network_reaches_nothing() {
     wharf.create_repo("acme/net");
     let port = wharf.url.rsplit(':').next().unwrap().to_owned();
     set_variable(&wharf, "acme/net", "FRONT_PORT", &port, false);
-    push_tree(&wharf, "acme/net", |dir| {
-        std::fs::write(dir.join(".wharf.yml"), NETWORK_PIPELINE).unwrap();
-        std::fs::create_dir_all(dir.join("ci")).unwrap();
-        std::fs::write(dir.join("ci/dial.py"), DIAL).unwrap();
-    });
+    push(&wharf, "acme/net", &[(".wharf.yml", NETWORK_PIPELINE), ("ci/dial.py", DIAL)]);
     let pipeline = finished_pipeline(&wharf, "acme/net");
     let online = log_of(&wharf, job(&pipeline, "online"));
     let offline = log_of(&wharf, job(&pipeline, "offline"));

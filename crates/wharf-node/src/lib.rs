@@ -25,6 +25,7 @@
 
 mod activity;
 mod background;
+mod capped_log;
 mod ci;
 mod deploy;
 mod mover;

@@ -123,10 +123,11 @@ pub struct Sandbox {
 enum Kind {
     Bubblewrap {
         bwrap: PathBuf,
-        /// Some when Wharf is root: the real user and group to switch to (through `setpriv`).
-        switch_to: Option<(u32, u32)>,
-        /// The user and group the program sees itself as.
-        ids: (u32, u32),
+        /// The sandbox user's id, also its group's.
+        uid: u32,
+        /// Whether that is a real user of this machine that `setpriv` switches to (Wharf is
+        /// root), rather than an id in a user namespace of the sandbox's own.
+        real_user: bool,
     },
     /// The operator opted in to no sandbox.
     Unconfined,
@@ -144,12 +145,11 @@ impl Sandbox {
         let Some(bwrap) = find_program("bwrap") else {
             return Sandbox::unavailable("bwrap (Debian's bubblewrap package) is not installed".into());
         };
-        let root = rustix::process::geteuid().is_root();
         let candidate = Sandbox {
             kind: Kind::Bubblewrap {
                 bwrap,
-                switch_to: root.then_some((uid, uid)),
-                ids: (uid, uid),
+                uid,
+                real_user: rustix::process::geteuid().is_root(),
             },
         };
         match candidate.try_once().await {
@@ -205,8 +205,8 @@ impl Sandbox {
     /// One line for operators: what confines programs here.
     pub fn describe(&self) -> String {
         match &self.kind {
-            Kind::Bubblewrap { switch_to: Some((uid, _)), .. } => format!("bubblewrap, as user {uid}"),
-            Kind::Bubblewrap { ids: (uid, _), .. } => format!("bubblewrap, as user {uid} in a user namespace"),
+            Kind::Bubblewrap { uid, real_user: true, .. } => format!("bubblewrap, as user {uid}"),
+            Kind::Bubblewrap { uid, real_user: false, .. } => format!("bubblewrap, as user {uid} in a user namespace"),
             Kind::Unconfined => "none (the operator opted in to unconfined jobs and instances)".into(),
             Kind::Unavailable { reason } => format!("unavailable: {reason}; no job or instance runs here"),
         }
@@ -216,7 +216,7 @@ impl Sandbox {
     /// there. Nothing to do unless Wharf is root and switches users.
     pub fn hand_over(&self, dir: &Path) -> std::io::Result<()> {
         match &self.kind {
-            Kind::Bubblewrap { switch_to: Some((uid, gid)), .. } => chown_tree(dir, *uid, *gid),
+            Kind::Bubblewrap { uid, real_user: true, .. } => chown_tree(dir, *uid, *uid),
             _ => Ok(()),
         }
     }
@@ -225,7 +225,7 @@ impl Sandbox {
     /// as): the sandbox user when Wharf is root, Wharf's own otherwise.
     pub fn file_owner(&self) -> (u32, u32) {
         match &self.kind {
-            Kind::Bubblewrap { switch_to: Some(ids), .. } => *ids,
+            Kind::Bubblewrap { uid, real_user: true, .. } => (*uid, *uid),
             _ => (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw()),
         }
     }
@@ -235,7 +235,7 @@ impl Sandbox {
     /// stays closed (0700) to everyone but Wharf; inside the sandbox only `dir` is bound.
     pub fn share_read_only(&self, dir: &Path) -> std::io::Result<()> {
         match &self.kind {
-            Kind::Bubblewrap { switch_to: Some(_), .. } => open_tree_for_reading(dir),
+            Kind::Bubblewrap { real_user: true, .. } => open_tree_for_reading(dir),
             _ => Ok(()),
         }
     }
@@ -252,9 +252,9 @@ impl Sandbox {
                 command.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
                 command
             }
-            Kind::Bubblewrap { bwrap, switch_to, ids } => {
+            Kind::Bubblewrap { bwrap, uid, real_user } => {
                 let mut command = tokio::process::Command::new(bwrap);
-                command.args(bwrap_args(confinement, *switch_to, *ids));
+                command.args(bwrap_args(confinement, *uid, *real_user));
                 command.env_clear().env("PATH", SANDBOX_PATH);
                 command
             }
@@ -267,7 +267,7 @@ impl Sandbox {
 /// bwrap's arguments for `confinement`, up to the program (which follows them): bwrap sets
 /// up the namespaces and the filesystem, `prlimit` the limits, and (when Wharf is root)
 /// `setpriv` switches to the sandbox user last.
-fn bwrap_args(confinement: &Confinement, switch_to: Option<(u32, u32)>, (uid, gid): (u32, u32)) -> Vec<String> {
+fn bwrap_args(confinement: &Confinement, uid: u32, real_user: bool) -> Vec<String> {
     let mut args: Vec<String> = [
         "--die-with-parent",
         "--new-session",
@@ -283,8 +283,8 @@ fn bwrap_args(confinement: &Confinement, switch_to: Option<(u32, u32)>, (uid, gi
     if !confinement.network {
         args.push("--unshare-net".into());
     }
-    if switch_to.is_none() {
-        args.extend(["--unshare-user".into(), "--uid".into(), uid.to_string(), "--gid".into(), gid.to_string()]);
+    if !real_user {
+        args.extend(["--unshare-user".into(), "--uid".into(), uid.to_string(), "--gid".into(), uid.to_string()]);
     }
     for path in SYSTEM_PATHS {
         args.extend(["--ro-bind-try".into(), (*path).into(), (*path).into()]);
@@ -305,7 +305,7 @@ fn bwrap_args(confinement: &Confinement, switch_to: Option<(u32, u32)>, (uid, gi
         args.extend(["--bind".into(), path.clone(), path]);
     }
     args.extend(["--chdir".into(), confinement.workdir.display().to_string()]);
-    if switch_to.is_some() {
+    if real_user {
         // Root inside the sandbox keeps only what entering the workspace (the sandbox user's,
         // mode 0700) and switching users take; setpriv then drops those too, and no_new_privs
         // stops setuid programs from taking anything back.
@@ -316,11 +316,11 @@ fn bwrap_args(confinement: &Confinement, switch_to: Option<(u32, u32)>, (uid, gi
     args.push("--".into());
     args.push("prlimit".into());
     args.extend(limit_args(confinement.limits));
-    if let Some((uid, gid)) = switch_to {
+    if real_user {
         args.extend([
             "setpriv".into(),
             format!("--reuid={uid}"),
-            format!("--regid={gid}"),
+            format!("--regid={uid}"),
             "--clear-groups".into(),
             "--no-new-privs".into(),
             "--inh-caps=-all".into(),
@@ -403,7 +403,7 @@ mod tests {
             network: false,
             limits: Limits::default(),
         };
-        let args = bwrap_args(&confinement, Some((65534, 65534)), (65534, 65534)).join(" ");
+        let args = bwrap_args(&confinement, 65534, true).join(" ");
         assert!(args.contains("--bind /data/ci/work/job-1 /data/ci/work/job-1"), "{args}");
         assert!(args.contains("--ro-bind /data/ci/mirrors/r.git /data/ci/mirrors/r.git"), "{args}");
         assert!(args.contains("--unshare-net"), "no network was asked for: {args}");
@@ -414,7 +414,7 @@ mod tests {
             "the sandbox user can reach its directories by their full paths: {args}"
         );
         assert!(args.ends_with("-- prlimit --core=0 -- setpriv --reuid=65534 --regid=65534 --clear-groups --no-new-privs --inh-caps=-all"), "as root, setpriv switches users last: {args}");
-        let as_user = bwrap_args(&Confinement { network: true, ..confinement }, None, (65534, 65534)).join(" ");
+        let as_user = bwrap_args(&Confinement { network: true, ..confinement }, 65534, false).join(" ");
         assert!(as_user.contains("--unshare-user --uid 65534"), "{as_user}");
         assert!(!as_user.contains("--unshare-net") && !as_user.contains("setpriv"), "{as_user}");
     }

@@ -106,19 +106,13 @@ pub enum VariableCommand {
 pub async fn pipeline(server: Server, command: PipelineCommand) -> anyhow::Result<()> {
     match command {
         PipelineCommand::List { repo } => {
-            let listed = server.send(Method::GET, &format!("/api/v1/repos/{repo}/pipelines"), None).await?;
-            if server.json {
-                print(&listed);
-                return Ok(());
-            }
-            let mut pipelines = table(&["ID", "STATUS", "SHA", "REF"]);
-            for pipeline in listed["pipelines"].as_array().into_iter().flatten() {
-                let sha = pipeline["sha"].as_str().unwrap_or("");
-                pipelines.add_row(vec![cell(&pipeline["id"]), cell(&pipeline["status"]), sha[..sha.len().min(12)].to_owned(), cell(&pipeline["ref"])]);
-            }
-            crate::output::right_align(&mut pipelines, &[0]);
-            print_table(pipelines);
-            Ok(())
+            let path = format!("/api/v1/repos/{repo}/pipelines");
+            server
+                .list(&path, "pipelines", &["ID", "STATUS", "SHA", "REF"], &[0], |pipeline| {
+                    let sha = pipeline["sha"].as_str().unwrap_or("");
+                    vec![cell(&pipeline["id"]), cell(&pipeline["status"]), sha[..sha.len().min(12)].to_owned(), cell(&pipeline["ref"])]
+                })
+                .await
         }
         PipelineCommand::Show { id } => {
             print(&server.send(Method::GET, &format!("/api/v1/pipelines/{id}"), None).await?);
@@ -141,11 +135,7 @@ pub async fn pipeline(server: Server, command: PipelineCommand) -> anyhow::Resul
         PipelineCommand::Follow { id } => follow(&server, id).await,
         PipelineCommand::Cancel { id } => {
             let pipeline = server.send(Method::POST, &format!("/api/v1/pipelines/{id}/cancel"), None).await?;
-            if server.json {
-                print(&pipeline);
-                return Ok(());
-            }
-            out!("pipeline {id} is {}", pipeline["status"].as_str().unwrap_or("?"));
+            server.show(&pipeline, |pipeline| out!("pipeline {id} is {}", pipeline["status"].as_str().unwrap_or("?")));
             Ok(())
         }
     }
@@ -161,26 +151,14 @@ pub async fn job(server: Server, command: JobCommand) -> anyhow::Result<()> {
         JobCommand::Log { id, follow: true } => follow_log(&server, id).await,
         JobCommand::Retry { id } => {
             let job = server.send(Method::POST, &format!("/api/v1/jobs/{id}/retry"), None).await?;
-            if server.json {
-                print(&job);
-                return Ok(());
-            }
-            out!("job {id} queued again");
+            server.show(&job, |_| out!("job {id} queued again"));
             Ok(())
         }
         JobCommand::Artifacts { id } => {
-            let listed = server.send(Method::GET, &format!("/api/v1/jobs/{id}/artifacts"), None).await?;
-            if server.json {
-                print(&listed);
-                return Ok(());
-            }
-            let mut artifacts = table(&["PATH", "BYTES"]);
-            for artifact in listed["artifacts"].as_array().into_iter().flatten() {
-                artifacts.add_row(vec![cell(&artifact["path"]), cell(&artifact["size"])]);
-            }
-            crate::output::right_align(&mut artifacts, &[1]);
-            print_table(artifacts);
-            Ok(())
+            let path = format!("/api/v1/jobs/{id}/artifacts");
+            server
+                .list(&path, "artifacts", &["PATH", "BYTES"], &[1], |artifact| vec![cell(&artifact["path"]), cell(&artifact["size"])])
+                .await
         }
     }
 }
@@ -192,19 +170,14 @@ pub async fn variable(server: Server, command: VariableCommand) -> anyhow::Resul
             server.send(Method::POST, &format!("/api/v1/repos/{repo}/variables"), Some(body)).await?
         }
         VariableCommand::List { repo } => {
-            let listed = server.send(Method::GET, &format!("/api/v1/repos/{repo}/variables"), None).await?;
-            if server.json {
-                print(&listed);
-                return Ok(());
-            }
-            let mut variables = table(&["NAME", "VALUE", "SECRET"]);
-            for variable in listed["variables"].as_array().into_iter().flatten() {
-                let secret = variable["secret"] == true;
-                let value = if secret { "(hidden)".to_owned() } else { cell(&variable["value"]) };
-                variables.add_row(vec![cell(&variable["name"]), value, if secret { "yes" } else { "no" }.to_owned()]);
-            }
-            print_table(variables);
-            return Ok(());
+            let path = format!("/api/v1/repos/{repo}/variables");
+            return server
+                .list(&path, "variables", &["NAME", "VALUE", "SECRET"], &[], |variable| {
+                    let secret = variable["secret"] == true;
+                    let value = if secret { "(hidden)".to_owned() } else { cell(&variable["value"]) };
+                    vec![cell(&variable["name"]), value, if secret { "yes" } else { "no" }.to_owned()]
+                })
+                .await;
         }
         VariableCommand::Delete { repo, name } => {
             server.send(Method::DELETE, &format!("/api/v1/repos/{repo}/variables/{name}"), None).await?

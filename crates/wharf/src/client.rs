@@ -28,6 +28,30 @@ impl Server {
         Server { credentials, json: false }
     }
 
+    /// Prints `value` as the API's JSON with `--json`, otherwise as `human` writes it.
+    pub fn show(&self, value: &Value, human: impl FnOnce(&Value)) {
+        if self.json {
+            print(value);
+        } else {
+            human(value);
+        }
+    }
+
+    /// GETs the list at `path` and prints its items (under `key`) as a table with `header`, one
+    /// `row` each, the columns at `right` aligned right; or, with `--json`, the answer as it is.
+    pub async fn list(&self, path: &str, key: &str, header: &[&str], right: &[usize], row: impl Fn(&Value) -> Vec<String>) -> anyhow::Result<()> {
+        let listed = self.send(reqwest::Method::GET, path, None).await?;
+        self.show(&listed, |listed| {
+            let mut rows = table(header);
+            for item in listed[key].as_array().into_iter().flatten() {
+                rows.add_row(row(item));
+            }
+            crate::output::right_align(&mut rows, right);
+            crate::output::print_table(rows);
+        });
+        Ok(())
+    }
+
     /// The base URL, without a trailing slash.
     pub(crate) fn url(&self) -> &str {
         self.credentials.url.trim_end_matches('/')
@@ -196,23 +220,14 @@ pub async fn repo(server: Server, command: RepoCommand) -> anyhow::Result<()> {
     match command {
         RepoCommand::Create { name } => {
             let created = server.send(Method::POST, "/api/v1/repos", Some(json!({ "name": name }))).await?;
-            if server.json {
-                print(&created);
-            } else {
-                out!("created {name}; push to {}", created["clone_url"].as_str().unwrap_or(""));
-            }
+            server.show(&created, |created| out!("created {name}; push to {}", created["clone_url"].as_str().unwrap_or("")));
         }
         RepoCommand::List => {
-            let listed = server.send(Method::GET, "/api/v1/repos", None).await?;
-            if server.json {
-                print(&listed);
-                return Ok(());
-            }
-            let mut repos = table(&["NAME", "NODE", "CREATED", "CLONE URL"]);
-            for repo in listed["repos"].as_array().into_iter().flatten() {
-                repos.add_row(vec![cell(&repo["name"]), cell(&repo["node"]), time_ago(&repo["created_ms"]), cell(&repo["clone_url"])]);
-            }
-            crate::output::print_table(repos);
+            server
+                .list("/api/v1/repos", "repos", &["NAME", "NODE", "CREATED", "CLONE URL"], &[], |repo| {
+                    vec![cell(&repo["name"]), cell(&repo["node"]), time_ago(&repo["created_ms"]), cell(&repo["clone_url"])]
+                })
+                .await?;
         }
         RepoCommand::Show { name } => print(&server.send(Method::GET, &format!("/api/v1/repos/{name}"), None).await?),
         RepoCommand::Delete { name } => {
@@ -229,18 +244,14 @@ pub async fn branch(server: Server, command: BranchCommand) -> anyhow::Result<()
     use reqwest::Method;
     match command {
         BranchCommand::List { repo } => {
-            let listed = server.send(Method::GET, &format!("/api/v1/repos/{repo}/branches"), None).await?;
-            if server.json {
-                print(&listed);
-                return Ok(());
-            }
-            let mut branches = table(&["NAME", "COMMIT", "DEFAULT"]);
-            for branch in listed["branches"].as_array().into_iter().flatten() {
-                let commit = branch["commit"].as_str().unwrap_or("");
-                let default = if branch["default"] == true { "yes" } else { "" };
-                branches.add_row(vec![cell(&branch["name"]), commit[..commit.len().min(12)].to_owned(), default.to_owned()]);
-            }
-            crate::output::print_table(branches);
+            let path = format!("/api/v1/repos/{repo}/branches");
+            server
+                .list(&path, "branches", &["NAME", "COMMIT", "DEFAULT"], &[], |branch| {
+                    let commit = branch["commit"].as_str().unwrap_or("");
+                    let default = if branch["default"] == true { "yes" } else { "" };
+                    vec![cell(&branch["name"]), commit[..commit.len().min(12)].to_owned(), default.to_owned()]
+                })
+                .await?;
         }
         BranchCommand::Create { repo, name, from } => {
             let body = json!({ "name": name, "from": from });
@@ -303,11 +314,7 @@ pub async fn cluster(server: Server, command: ClusterCommand) -> anyhow::Result<
     match command {
         ClusterCommand::Status => {
             let status = server.send(Method::GET, "/api/v1/cluster", None).await?;
-            if server.json {
-                print(&status);
-            } else {
-                print_status(&status);
-            }
+            server.show(&status, print_status);
         }
         ClusterCommand::Leave { node } => {
             server.send(Method::DELETE, &format!("/api/v1/cluster/nodes/{node}"), None).await?;

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use wharf_proto::deploy::IdKind;
 
 use crate::client::{print, Server};
-use crate::output::{cell, print_table, table};
+use crate::output::cell;
 
 /// `wharf env …`
 #[derive(Subcommand)]
@@ -148,24 +148,19 @@ pub async fn env(server: Server, command: EnvCommand) -> anyhow::Result<()> {
                 Some(repo) => format!("/api/v1/environments?project_id={repo}"),
                 None => "/api/v1/environments".into(),
             };
-            let listed = server.send(Method::GET, &path, None).await?;
-            if server.json {
-                print(&listed);
-                return Ok(());
-            }
-            let mut environments = table(&["ID", "PROJECT", "NAME", "REVISION", "INSTANCES", "PROTECTED"]);
-            for env in listed["environments"].as_array().into_iter().flatten() {
-                environments.add_row(vec![
-                    cell(&env["id"]),
-                    cell(&env["project"]),
-                    cell(&env["name"]),
-                    cell(&env["current_revision"]),
-                    env["instances"].as_array().map_or(0, Vec::len).to_string(),
-                    if env["protected"] == true { "yes" } else { "no" }.to_owned(),
-                ]);
-            }
-            crate::output::right_align(&mut environments, &[0, 3, 4]);
-            print_table(environments);
+            let header = ["ID", "PROJECT", "NAME", "REVISION", "INSTANCES", "PROTECTED"];
+            server
+                .list(&path, "environments", &header, &[0, 3, 4], |env| {
+                    vec![
+                        cell(&env["id"]),
+                        cell(&env["project"]),
+                        cell(&env["name"]),
+                        cell(&env["current_revision"]),
+                        env["instances"].as_array().map_or(0, Vec::len).to_string(),
+                        if env["protected"] == true { "yes" } else { "no" }.to_owned(),
+                    ]
+                })
+                .await?;
         }
         EnvCommand::Show { env } => {
             let id = environment_id(&server, &env).await?;
@@ -250,26 +245,20 @@ pub async fn deployment(server: Server, command: DeploymentCommand) -> anyhow::R
             if let Some(status) = status {
                 path.push_str(&format!("&status={status}"));
             }
-            let listed = server.send(Method::GET, &path, None).await?;
-            if server.json {
-                print(&listed);
-                return Ok(());
-            }
-            let mut deployments = table(&["ID", "ENV", "REVISION", "STATUS", "BRANCH", "COMMIT", "DETAILS"]);
-            for deployment in listed["deployments"].as_array().into_iter().flatten() {
-                deployments.add_row(vec![
-                    cell(&deployment["id"]),
-                    cell(&deployment["env"]),
-                    cell(&deployment["revision"]),
-                    cell(&deployment["status"]),
-                    cell(&deployment["branch"]),
-                    deployment["sha"].as_str().unwrap_or("").chars().take(8).collect::<String>(),
-                    cell(&deployment["details"]),
-                ]);
-            }
-            crate::output::right_align(&mut deployments, &[2]);
-            print_table(deployments);
-            Ok(())
+            let header = ["ID", "ENV", "REVISION", "STATUS", "BRANCH", "COMMIT", "DETAILS"];
+            server
+                .list(&path, "deployments", &header, &[2], |deployment| {
+                    vec![
+                        cell(&deployment["id"]),
+                        cell(&deployment["env"]),
+                        cell(&deployment["revision"]),
+                        cell(&deployment["status"]),
+                        cell(&deployment["branch"]),
+                        deployment["sha"].as_str().unwrap_or("").chars().take(8).collect::<String>(),
+                        cell(&deployment["details"]),
+                    ]
+                })
+                .await
         }
     }
 }

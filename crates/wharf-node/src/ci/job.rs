@@ -1,7 +1,7 @@
 //! One attempt of one job on this node: a checkout of the exact commit in a fresh workspace,
 //! the script in the node's sandbox (seeing only its workspace and, read-only, the mirror its
 //! checkout borrows objects from) as its own process group with the job's variables, its log
-//! (masked and capped, see [`super::log`]), its reports and artifacts (read beneath the
+//! (masked and capped, see [`crate::capped_log`]), its reports and artifacts (read beneath the
 //! workspace without following links: a path that leaves it fails the job), and the report
 //! of how it ended.
 //!
@@ -22,7 +22,7 @@ use wharf_meta::{CiCommand, JobResult};
 use wharf_proto::{ApiError, ArtifactFile, JobRecord, JobStatus, NodeReply, NodeRequest, PipelineRecord, RepoRecord, RepoRequest};
 
 use super::files::{artifacts_dir, log_path};
-use super::log::CappedLog;
+use crate::capped_log::CappedLog;
 use super::runner::Stop;
 use wharf_sandbox::beneath::{Beneath, BeneathError};
 use wharf_sandbox::container;
@@ -123,7 +123,6 @@ impl<'a> Attempt<'a> {
         log.line(&format!("Checking out {} of {}", pipeline.sha, repo.name));
         let mirror = update_mirror(node, &repo, &pipeline.sha).await.map_err(|e| e.to_string())?;
         checkout(&mirror, &pipeline.sha, workspace).await?;
-        node.sandbox.share_read_only(&mirror).map_err(|e| format!("cannot share the mirror with the sandbox: {e}"))?;
         node.sandbox.hand_over(workspace).map_err(|e| format!("cannot hand the workspace to the sandbox user: {e}"))?;
         // Read beneath the workspace: a committed link named .wharf.yml leads nowhere.
         let text = Beneath::open(workspace)
@@ -427,6 +426,10 @@ async fn update_mirror(node: &Arc<NodeContext>, repo: &RepoRecord, sha: &str) ->
         .map_err(|e| ApiError::internal("fetch bundle", e))?;
     let _ = std::fs::remove_file(&file);
     fetched?;
+    // Once per fetch, not per job: what is already there was shared when it was fetched.
+    node.sandbox
+        .share_read_only(&mirror)
+        .map_err(|e| ApiError::internal("share the mirror with the sandbox", e))?;
     Ok(mirror)
 }
 

@@ -13,7 +13,6 @@
 
 mod files;
 mod job;
-pub(crate) mod log;
 mod runner;
 
 use std::sync::Arc;

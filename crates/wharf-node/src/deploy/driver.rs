@@ -191,7 +191,7 @@ async fn start(node: &Arc<NodeContext>, record: &InstanceRecord) -> Result<Start
     let env = directory.environment(record.env).ok_or("its environment is gone")?;
     let dir = fetch_artifacts(node, release.artifact_job).await?;
     let port = free_port().map_err(|e| format!("no free port: {e}"))?;
-    let log = crate::ci::log::CappedLog::create(&instance_log_path(node, record.id), node.config.log_limit_bytes);
+    let log = crate::capped_log::CappedLog::create(&instance_log_path(node, record.id), node.config.log_limit_bytes);
     let (output, writer) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
     let variables = [
         ("PORT", port.to_string()),
@@ -237,7 +237,6 @@ fn process_command(
     memory_gib: f64,
     variables: &[(&str, String)],
 ) -> Result<tokio::process::Command, String> {
-    node.sandbox.share_read_only(dir).map_err(|e| format!("cannot share the release with the sandbox: {e}"))?;
     let confinement = Confinement {
         workdir: dir.to_owned(),
         readable: vec![dir.to_owned()],
@@ -498,6 +497,8 @@ async fn fetch_artifacts(node: &Arc<NodeContext>, job: u64) -> Result<PathBuf, S
     }
     std::fs::create_dir_all(&partial).map_err(|e| e.to_string())?;
     std::fs::write(partial.join(".complete"), b"").map_err(|e| e.to_string())?;
+    // Once per release, not per instance: the sandbox user reads it (read-only).
+    node.sandbox.share_read_only(&partial).map_err(|e| format!("cannot share the release with the sandbox: {e}"))?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&partial, &dir).map_err(|e| e.to_string())?;
     Ok(dir)
