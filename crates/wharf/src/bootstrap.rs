@@ -73,17 +73,25 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     std::fs::rename(&temporary, path)
 }
 
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(_) => {
-            let _ = interrupt.await;
-            return;
+/// Resolves on SIGINT or SIGTERM; the handlers are registered when this is called.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Registered now, not when the future is first polled: a process that says it is ready
+    // and is then sent SIGTERM must stop cleanly, not die of the signal's default action.
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        match (interrupt, terminate) {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            // Without signal handlers there is nothing to wait for but Ctrl-C.
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate.recv() => {}
     }
 }

@@ -399,11 +399,12 @@ pub async fn run_node(args: ProcessArgs) -> anyhow::Result<()> {
             let _ = metrics_stopped.await;
         }))
     });
+    let stop = shutdown_signal();
     match &metrics_addr {
         Some(addr) => println!("wharf: node {} ready on {} (metrics on http://{addr}/metrics)", settings.id, settings.listen),
         None => println!("wharf: node {} ready on {}", settings.id, settings.listen),
     }
-    shutdown_signal().await;
+    stop.await;
 
     tracing::info!("shutting down");
     let _ = stop_metrics.send(());
@@ -451,8 +452,9 @@ pub async fn run_front(args: ProcessArgs) -> anyhow::Result<()> {
         meta.directory(),
         telemetry,
     );
+    let stop = shutdown_signal();
     println!("wharf: serving on {public_url}");
-    wharf_front::serve(listener, app, &limits, shutdown_signal())
+    wharf_front::serve(listener, app, &limits, stop)
         .await
         .context("the HTTP server failed")?;
     meta.shutdown().await.context("cannot stop the metadata store cleanly")?;

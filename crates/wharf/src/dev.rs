@@ -73,10 +73,11 @@ pub async fn run(
         telemetry,
     );
 
+    let stop = shutdown_signal();
     println!("wharf: serving on {public_url}");
     println!("wharf: admin token {token} (also in {})", data_dir.join("admin-token").display());
     println!("wharf: try  curl -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' -d '{{\"name\":\"acme/app\"}}' {public_url}/api/v1/repos");
-    wharf_front::serve(listener, app, &limits, shutdown_signal())
+    wharf_front::serve(listener, app, &limits, stop)
         .await
         .context("the HTTP server failed")?;
 
